@@ -1,0 +1,94 @@
+"""Every knob of a jaxgpt run, with its default. Size files import this and override a few keys."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+
+    c.model = ml_collections.ConfigDict()
+    c.model.vocab_size = 0  # 0 = take the tokenizer's vocabulary size (rounded up, see below)
+    c.model.vocab_multiple = 64  # pad a derived vocab size to a multiple of this (faster matmuls)
+    c.model.block_size = 1024  # context length T
+    c.model.n_layer = 12  # transformer blocks L
+    c.model.n_head = 12  # attention heads H
+    c.model.n_embd = 768  # residual width D (head dim Q = D / H)
+    c.model.dropout = 0.0  # dropout on embeddings, attention output and MLP output
+    c.model.bias = True  # biases in Dense and LayerNorm layers (GPT-2 has them)
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+    c.model.param_dtype = "float32"  # master weight dtype
+    c.model.remat = "none"  # rematerialization per block: none | full | dots
+    c.model.scan_layers = False  # one scanned block instead of L unrolled ones (faster compile)
+    c.model.attention = "auto"  # dot_product_attention implementation: auto | xla | cudnn
+
+    c.data = ml_collections.ConfigDict()
+    c.data.sources = "stdlib"  # comma list of kind:path (text:PATH) or "stdlib" (built-in corpus)
+    c.data.path = ""  # prepared data dir; "" = WORKDIR/data
+    c.data.text_split = "file"  # text sources: one document per "file" or per "blank_line" block
+    c.data.stdlib_max_mb = 8.0  # size cap of the built-in Python-stdlib corpus
+    c.data.val_fraction = 0.1  # last fraction of the token stream held out for validation
+    c.data.strict = False  # fail on the first undecodable input instead of replacing and counting
+    c.data.tokenizer = ml_collections.ConfigDict()
+    c.data.tokenizer.model_type = "bpe"  # SentencePiece model: bpe | unigram | char
+    c.data.tokenizer.vocab_size = 50257  # target vocabulary size, special tokens included
+    c.data.tokenizer.train_mb = 20.0  # megabytes of text sampled to train the tokenizer
+    c.data.tokenizer.path = ""  # an existing SentencePiece .model to use instead of training one
+
+    c.opt = ml_collections.ConfigDict()
+    c.opt.name = "adamw"  # adamw | adam | adabelief
+    c.opt.lr = 6e-4  # peak learning rate
+    c.opt.min_lr = 6e-5  # learning rate at the end of decay
+    c.opt.schedule = "cosine"  # cosine | linear | constant | wsd (warmup-stable-decay)
+    c.opt.warmup_steps = 2000  # linear warmup from 0 to lr
+    c.opt.decay_steps = 0  # steps until min_lr is reached; 0 = train.steps
+    c.opt.wsd_decay_fraction = 0.2  # wsd: last fraction of decay_steps spent decaying
+    c.opt.b1 = 0.9  # first-moment decay
+    c.opt.b2 = 0.95  # second-moment decay
+    c.opt.eps = 1e-8  # denominator epsilon
+    c.opt.weight_decay = 0.1  # decoupled weight decay (adamw, adabelief)
+    c.opt.decay_embeddings = False  # also decay the token/position embeddings
+    c.opt.grad_clip = 1.0  # global-norm clipping threshold; 0 = off
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 600_000  # optimizer steps
+    c.train.batch_size = 480  # global batch in sequences (all processes, all microbatches)
+    c.train.microbatches = 1  # gradient accumulation: batch_size is split into this many parts
+    c.train.seed = 0  # seeds init, dropout and the batch order
+    c.train.log_every = 10  # steps between metrics.jsonl lines
+    c.train.eval_every = 1000  # steps between validation runs (0 = only at the end)
+    c.train.eval_tokens = 1_048_576  # validation tokens per evaluation (fixed windows)
+    c.train.eval_batch_size = 0  # sequences per eval batch; 0 = train.batch_size / microbatches
+    c.train.sample_tokens = 64  # tokens generated after each eval (0 = none)
+    c.train.sample_prompt = ""  # prompt of that sample ("" = start from end-of-text)
+    c.train.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = look up by device kind
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # data-parallel axis size (-1 = all devices left over)
+    c.mesh.fsdp = 1  # fully sharded data-parallel axis size (params, grads, optimizer sharded)
+    c.mesh.tensor = 1  # tensor-parallel axis size (heads, MLP and vocab split)
+    # Logical axis -> mesh axes. Params use vocab/embed/heads/kv/mlp/norm/pos/layers;
+    # activations use the act_* names.
+    c.mesh.rules = (
+        ("batch", ("data", "fsdp")),
+        ("vocab", "tensor"),
+        ("embed", "fsdp"),
+        ("heads", "tensor"),
+        ("mlp", "tensor"),
+        ("kv", None),
+        ("qkv", None),
+        ("norm", None),
+        ("pos", None),
+        ("layers", None),
+        ("act_seq", None),
+        ("act_embed", None),
+        ("act_heads", "tensor"),
+        ("act_mlp", "tensor"),
+        ("act_vocab", "tensor"),
+    )
+
+    c.ckpt = ml_collections.ConfigDict()
+    c.ckpt.every = 1000  # steps between checkpoints (one is always written at the end)
+    c.ckpt.keep = 3  # checkpoints kept
+    c.ckpt.async_save = True  # write checkpoints in the background while training goes on
+
+    return c

@@ -1,0 +1,14 @@
+"""GPT-2 medium (350M parameters): 24 layers, 16 heads, width 1024, context 1024."""
+
+from configs import base
+
+
+def get_config():
+    c = base.get_config()
+    c.model.vocab_size = 50257
+    c.model.n_layer = 24
+    c.model.n_head = 16
+    c.model.n_embd = 1024
+    c.opt.lr = 3e-4
+    c.opt.min_lr = 3e-5
+    return c

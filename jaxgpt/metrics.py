@@ -1,0 +1,125 @@
+"""Training metrics: MFU, metrics.jsonl, TensorBoard scalars and the loss-curve plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+
+MFU_FORMULA = "MFU = (6·N + 12·L·H·Q·T) · tokens/s / (devices · peak FLOP/s), N without wpe"
+
+# Dense bf16 peak FLOP/s per device, by jax's device_kind (substring match, first hit wins).
+PEAK_FLOPS = (
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5 lite", 197e12),
+    ("TPU v5e", 197e12),
+    ("TPU v4", 275e12),
+    ("TPU v6", 918e12),
+)
+
+
+def peak_flops_per_device(device: jax.Device | None = None, override: float = 0.0) -> float | None:
+    """Peak FLOP/s of one device, or None where unknown (CPUs): MFU is then reported as null."""
+    if override > 0:
+        return override
+    kind = (device or jax.devices()[0]).device_kind
+    for name, peak in PEAK_FLOPS:
+        if name.lower() in kind.lower():
+            return peak
+    return None
+
+
+def mfu(flops_per_token: float, tokens_per_s: float, n_devices: int, peak: float | None):
+    if peak is None:
+        return None
+    return flops_per_token * tokens_per_s / (n_devices * peak)
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to metrics.jsonl and mirrors scalars to TensorBoard."""
+
+    def __init__(self, workdir: str | Path, enabled: bool = True):
+        self.enabled = enabled
+        self.path = Path(workdir) / "metrics.jsonl"
+        self._tb = None
+        if enabled:
+            # tensorboard's own writer, so TensorFlow need not be imported in the training process.
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+            self._tb = EventFileWriter(str(Path(workdir) / "tensorboard"))
+            self._file = self.path.open("a")
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: _plain(v) for k, v in values.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        scalars = [
+            summary_pb2.Summary.Value(tag=k, simple_value=v)
+            for k, v in record.items()
+            if k != "step" and isinstance(v, int | float) and math.isfinite(v)
+        ]
+        self._tb.add_event(
+            event_pb2.Event(
+                wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=scalars)
+            )
+        )
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            self._tb.close()
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else value
+    return value
+
+
+def read_metrics(workdir: str | Path) -> list[dict]:
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_losses(workdir: str | Path) -> Path | None:
+    """Write WORKDIR/loss.png: training loss and validation loss against step."""
+    records = read_metrics(workdir)
+    train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
+    val = [(r["step"], r["eval_loss"]) for r in records if r.get("eval_loss") is not None]
+    if not train and not val:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1)
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(Path(workdir).resolve().name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(workdir) / "loss.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return out

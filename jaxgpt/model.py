@@ -1,0 +1,297 @@
+"""GPT-2 in Flax linen, with logical axis names on every parameter and activation.
+
+Shape letters used in names:
+    B batch, T sequence (query positions), S key positions, D model width (n_embd),
+    H heads, Q head dim (D / H), F MLP width (4D), V vocabulary, L layers.
+
+Parameter names follow Hugging Face GPT-2 (wte, wpe, h_0/attn/c_attn, ln_f, ...) so that the
+export table is a rename plus reshapes; attention kernels are stored per head (D, 3, H, Q) so
+tensor parallelism splits whole heads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+REMAT_POLICIES = ("none", "full", "dots")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    """Model hyperparameters; shape letters are defined in the module docstring."""
+
+    vocab_size: int = 50257
+    block_size: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"
+    scan_layers: bool = False
+    attention: str = "auto"
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
+        for key, value, allowed in (
+            ("dtype", self.dtype, DTYPES),
+            ("param_dtype", self.param_dtype, DTYPES),
+            ("remat", self.remat, REMAT_POLICIES),
+            ("attention", self.attention, ATTENTION_IMPLS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"model.{key}={value!r} is not one of {sorted(allowed)}")
+        for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"model.{key} must be positive, got {getattr(self, key)}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def compute_dtype(self) -> Any:
+        return DTYPES[self.dtype]
+
+    @property
+    def weight_dtype(self) -> Any:
+        return DTYPES[self.param_dtype]
+
+
+def _init(names: tuple[str | None, ...], stddev: float = 0.02) -> nn.initializers.Initializer:
+    return nn.with_logical_partitioning(nn.initializers.normal(stddev), names)
+
+
+def _zeros(names: tuple[str | None, ...]) -> nn.initializers.Initializer:
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _ones(names: tuple[str | None, ...]) -> nn.initializers.Initializer:
+    return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
+
+
+def _constrain(x: jax.Array, names: tuple[str, ...]) -> jax.Array:
+    # A no-op outside a mesh/rules context, so the model also runs unsharded.
+    return nn.with_logical_constraint(x, names)
+
+
+def layer_norm(c: GPTConfig, name: str | None = None) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=1e-5,
+        use_bias=c.bias,
+        dtype=c.compute_dtype,
+        param_dtype=c.weight_dtype,
+        scale_init=_ones(("norm",)),
+        bias_init=_zeros(("norm",)),
+        name=name,
+    )
+
+
+class Projection(nn.Module):
+    """x[..., *in_shape] · kernel[*in_shape, *out_shape] + bias[*out_shape].
+
+    Like nn.DenseGeneral, but the kernel is initialized in its full shape so each of its axes
+    carries a logical name.
+    """
+
+    config: GPTConfig
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    names: tuple[str, ...]
+    stddev: float = 0.02
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = self.config
+        kernel = self.param(
+            "kernel", _init(self.names, self.stddev), self.in_shape + self.out_shape, c.weight_dtype
+        )
+        n_in = len(self.in_shape)
+        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+        y = jax.lax.dot_general(
+            x.astype(c.compute_dtype), kernel.astype(c.compute_dtype), (contract, ((), ()))
+        )
+        if c.bias:
+            bias = self.param("bias", _zeros(self.names[n_in:]), self.out_shape, c.weight_dtype)
+            y = y + bias.astype(c.compute_dtype)
+        return y
+
+
+class CausalSelfAttention(nn.Module):
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x_BTD: jax.Array, deterministic: bool) -> jax.Array:
+        c = self.config
+        qkv_BT3HQ = Projection(
+            c,
+            (c.n_embd,),
+            (3, c.n_head, c.head_dim),
+            ("embed", "qkv", "heads", "kv"),
+            name="c_attn",
+        )(x_BTD)
+        q_BTHQ, k_BSHQ, v_BSHQ = (qkv_BT3HQ[:, :, i] for i in range(3))
+        q_BTHQ = _constrain(q_BTHQ, ("batch", "act_seq", "act_heads", None))
+        impl = None if c.attention == "auto" else c.attention
+        y_BTHQ = jax.nn.dot_product_attention(
+            q_BTHQ, k_BSHQ, v_BSHQ, is_causal=True, implementation=impl
+        )
+        # GPT-2 scales residual projections by 1/sqrt(2L) so the residual stream's variance
+        # does not grow with depth.
+        y_BTD = Projection(
+            c,
+            (c.n_head, c.head_dim),
+            (c.n_embd,),
+            ("heads", "kv", "embed"),
+            stddev=0.02 / (2 * c.n_layer) ** 0.5,
+            name="c_proj",
+        )(y_BTHQ)
+        return nn.Dropout(c.dropout)(y_BTD, deterministic=deterministic)
+
+
+class MLP(nn.Module):
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x_BTD: jax.Array, deterministic: bool) -> jax.Array:
+        c = self.config
+        h_BTF = nn.Dense(
+            4 * c.n_embd,
+            use_bias=c.bias,
+            dtype=c.compute_dtype,
+            param_dtype=c.weight_dtype,
+            kernel_init=_init(("embed", "mlp")),
+            bias_init=_zeros(("mlp",)),
+            name="c_fc",
+        )(x_BTD)
+        h_BTF = _constrain(nn.gelu(h_BTF, approximate=True), ("batch", "act_seq", "act_mlp"))
+        y_BTD = nn.Dense(
+            c.n_embd,
+            use_bias=c.bias,
+            dtype=c.compute_dtype,
+            param_dtype=c.weight_dtype,
+            kernel_init=_init(("mlp", "embed"), 0.02 / (2 * c.n_layer) ** 0.5),
+            bias_init=_zeros(("embed",)),
+            name="c_proj",
+        )(h_BTF)
+        return nn.Dropout(c.dropout)(y_BTD, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x_BTD: jax.Array, deterministic: bool) -> jax.Array:
+        c = self.config
+        x_BTD = x_BTD + CausalSelfAttention(c, name="attn")(
+            layer_norm(c, "ln_1")(x_BTD), deterministic
+        )
+        x_BTD = x_BTD + MLP(c, name="mlp")(layer_norm(c, "ln_2")(x_BTD), deterministic)
+        return _constrain(x_BTD, ("batch", "act_seq", "act_embed"))
+
+
+class ScannedBlock(nn.Module):
+    """Block with the (carry, out) signature nn.scan needs."""
+
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x_BTD: jax.Array, deterministic: bool) -> tuple[jax.Array, None]:
+        return Block(self.config, name="block")(x_BTD, deterministic), None
+
+
+def _remat(module_cls: type[nn.Module], policy: str, static_argnums: tuple[int, ...]):
+    if policy == "none":
+        return module_cls
+    checkpoint_policy = None
+    if policy == "dots":
+        checkpoint_policy = jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+    return nn.remat(module_cls, policy=checkpoint_policy, static_argnums=static_argnums)
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer; returns float32 logits [B, T, V]."""
+
+    config: GPTConfig
+
+    def setup(self):
+        c = self.config
+        self.wte = nn.Embed(
+            c.vocab_size,
+            c.n_embd,
+            dtype=c.compute_dtype,
+            param_dtype=c.weight_dtype,
+            embedding_init=_init(("vocab", "embed")),
+        )
+        self.wpe = nn.Embed(
+            c.block_size,
+            c.n_embd,
+            dtype=c.compute_dtype,
+            param_dtype=c.weight_dtype,
+            embedding_init=_init(("pos", "embed"), 0.01),
+        )
+        self.drop = nn.Dropout(c.dropout)
+        if c.scan_layers:
+            # deterministic (arg 2 counting self) is static under remat: it picks the code path.
+            block_cls = _remat(ScannedBlock, c.remat, static_argnums=(2,))
+            self.h = nn.scan(
+                block_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast,
+                length=c.n_layer,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(c, name="h")
+        else:
+            block_cls = _remat(Block, c.remat, static_argnums=(2,))
+            self.blocks = [block_cls(c, name=f"h_{i}") for i in range(c.n_layer)]
+        self.ln_f = layer_norm(c)
+
+    def __call__(self, tokens_BT: jax.Array, deterministic: bool = True) -> jax.Array:
+        c = self.config
+        T = tokens_BT.shape[1]
+        if T > c.block_size:
+            raise ValueError(f"sequence length {T} exceeds model.block_size {c.block_size}")
+        x_BTD = self.wte(tokens_BT) + self.wpe(jnp.arange(T)[None, :])
+        x_BTD = _constrain(
+            self.drop(x_BTD, deterministic=deterministic), ("batch", "act_seq", "act_embed")
+        )
+        if c.scan_layers:
+            x_BTD, _ = self.h(x_BTD, deterministic)
+        else:
+            for block in self.blocks:
+                x_BTD = block(x_BTD, deterministic)
+        x_BTD = self.ln_f(x_BTD)
+        # Tied output projection: logits in the compute dtype, then float32 for a stable softmax.
+        logits_BTV = self.wte.attend(x_BTD)
+        logits_BTV = _constrain(logits_BTV, ("batch", "act_seq", "act_vocab"))
+        return logits_BTV.astype(jnp.float32)
+
+
+def count_params(params: Any, exclude_positions: bool = False) -> int:
+    """Number of parameters; optionally without the position table (as MFU formulas want)."""
+    total = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if exclude_positions and any(getattr(k, "key", None) == "wpe" for k in path):
+            continue
+        total += int(functools.reduce(lambda a, b: a * b, leaf.shape, 1))
+    return total
+
+
+def flops_per_token(config: GPTConfig, n_params_no_pos: int) -> float:
+    """Training FLOPs per token: 6N + 12·L·H·Q·T (PaLM appendix B)."""
+    c = config
+    return 6.0 * n_params_no_pos + 12.0 * c.n_layer * c.n_head * c.head_dim * c.block_size

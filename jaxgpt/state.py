@@ -1,0 +1,215 @@
+"""The train state, its shardings, and the pure train/eval step functions."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxgpt import sharding as sharding_lib
+from jaxgpt.model import GPT
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def next_token_loss(
+    params: Any, model: GPT, tokens_BT1: jax.Array, rng: jax.Array | None
+) -> jax.Array:
+    """Mean cross-entropy (float32) of predicting tokens[:, 1:] from tokens[:, :-1]."""
+    inputs_BT, targets_BT = tokens_BT1[:, :-1], tokens_BT1[:, 1:]
+    deterministic = rng is None
+    logits_BTV = model.apply(
+        {"params": params},
+        inputs_BT,
+        deterministic=deterministic,
+        rngs=None if deterministic else {"dropout": rng},
+    )
+    losses_BT = optax.softmax_cross_entropy_with_integer_labels(
+        logits_BTV.astype(jnp.float32), targets_BT
+    )
+    return losses_BT.mean()
+
+
+def train_step(
+    state: TrainState,
+    tokens_BT1: jax.Array,
+    rng: jax.Array,
+    *,
+    model: GPT,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    microbatches: int,
+    dropout: bool,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step on the global batch, accumulating gradients over microbatches."""
+    rng = jax.random.fold_in(rng, state.step)
+    grad_fn = jax.value_and_grad(next_token_loss)
+
+    def micro(i, tokens):
+        return grad_fn(state.params, model, tokens, jax.random.fold_in(rng, i) if dropout else None)
+
+    if microbatches == 1:
+        loss, grads = micro(0, tokens_BT1)
+    else:
+        # Microbatch j takes rows j, j+k, j+2k, ...: every device keeps an equal share of each
+        # microbatch, so no data moves between devices to form them.
+        B, T1 = tokens_BT1.shape
+        tokens_KMT1 = tokens_BT1.reshape(B // microbatches, microbatches, T1).swapaxes(0, 1)
+        tokens_KMT1 = nn.with_logical_constraint(tokens_KMT1, (None, "batch", None))
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+
+        def body(carry, inputs):
+            loss_sum, grad_sum = carry
+            i, tokens = inputs
+            loss, grads = micro(i, tokens)
+            grad_sum = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_sum, grads)
+            return (loss_sum + loss, grad_sum), None
+
+        (loss_sum, grad_sum), _ = jax.lax.scan(
+            body, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(microbatches), tokens_KMT1)
+        )
+        loss = loss_sum / microbatches
+        grads = jax.tree.map(
+            lambda g, p: (g / microbatches).astype(p.dtype), grad_sum, state.params
+        )
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params: Any, tokens_BT1: jax.Array, *, model: GPT) -> jax.Array:
+    return next_token_loss(params, model, tokens_BT1, None)
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Jitted step functions bound to a model, optimizer and mesh; built by make_trainer."""
+
+    model: GPT
+    mesh: Mesh
+    rules: sharding_lib.Rules
+    state_shardings: TrainState
+    batch_sharding: NamedSharding
+    init: Callable[[jax.Array], TrainState]
+    step: Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]
+    eval: Callable[[Any, jax.Array], jax.Array]
+
+    def abstract_state(self) -> TrainState:
+        """ShapeDtypeStructs with shardings, as restore targets."""
+        shapes = jax.eval_shape(self.init, jax.random.key(0))
+        return jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+            shapes,
+            self.state_shardings,
+        )
+
+
+def _in_mesh(fn: Callable, mesh: Mesh, rules: sharding_lib.Rules) -> Callable:
+    """Trace and run fn with the mesh and logical rules that the model's constraints read."""
+
+    @functools.wraps(fn)
+    def wrapped(*args):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+            return fn(*args)
+
+    return wrapped
+
+
+def _opt_state_specs(abstract_opt: Any, param_specs: dict[str, PartitionSpec], shapes) -> Any:
+    """Optimizer leaves that mirror a parameter (same path suffix and shape) share its spec."""
+
+    def spec(path, leaf):
+        for n in range(len(path)):
+            key = jax.tree_util.keystr(path[n:])
+            if key in param_specs and shapes[key] == leaf.shape:
+                return param_specs[key]
+        return PartitionSpec()
+
+    return jax.tree_util.tree_map_with_path(spec, abstract_opt)
+
+
+def make_trainer(
+    model: GPT,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    mesh: Mesh,
+    rules: sharding_lib.Rules,
+    microbatches: int = 1,
+) -> Trainer:
+    """Shardings from logical names, then jitted init/step/eval; state is never built whole."""
+    n_batch = sharding_lib.batch_axis_size(mesh, rules)
+    dummy = jnp.zeros((n_batch, model.config.block_size), jnp.int32)
+    boxed = jax.eval_shape(lambda r: model.init(r, dummy)["params"], jax.random.key(0))
+    logical = nn.get_partition_spec(boxed)
+    param_shardings = sharding_lib.logical_to_shardings(logical, mesh, rules)
+    abstract_params = nn.unbox(boxed)
+    flat = jax.tree_util.tree_leaves_with_path(abstract_params)
+    specs = {
+        jax.tree_util.keystr(p): s.spec
+        for p, s in jax.tree_util.tree_leaves_with_path(
+            param_shardings, is_leaf=lambda x: isinstance(x, NamedSharding)
+        )
+    }
+    shapes = {jax.tree_util.keystr(p): leaf.shape for p, leaf in flat}
+    opt_specs = _opt_state_specs(jax.eval_shape(tx.init, abstract_params), specs, shapes)
+    state_shardings = TrainState(
+        step=sharding_lib.replicated(mesh),
+        params=param_shardings,
+        opt_state=jax.tree.map(lambda s: NamedSharding(mesh, s), opt_specs),
+    )
+
+    def init_fn(rng: jax.Array) -> TrainState:
+        params = nn.unbox(model.init(rng, dummy)["params"])
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    batch_sharding = sharding_lib.named(mesh, rules, "batch", None)
+    replicated = sharding_lib.replicated(mesh)
+    step = functools.partial(
+        train_step,
+        model=model,
+        tx=tx,
+        schedule=schedule,
+        microbatches=microbatches,
+        dropout=model.config.dropout > 0,
+    )
+    return Trainer(
+        model=model,
+        mesh=mesh,
+        rules=rules,
+        state_shardings=state_shardings,
+        batch_sharding=batch_sharding,
+        init=_in_mesh(jax.jit(init_fn, out_shardings=state_shardings), mesh, rules),
+        step=_in_mesh(
+            jax.jit(
+                step,
+                in_shardings=(state_shardings, batch_sharding, replicated),
+                out_shardings=(state_shardings, replicated),
+                donate_argnums=(0,),
+            ),
+            mesh,
+            rules,
+        ),
+        eval=_in_mesh(
+            jax.jit(
+                functools.partial(eval_step, model=model),
+                in_shardings=(param_shardings, batch_sharding),
+                out_shardings=replicated,
+            ),
+            mesh,
+            rules,
+        ),
+    )

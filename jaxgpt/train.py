@@ -1,0 +1,308 @@
+"""Train a GPT: `python -m jaxgpt.train --config configs/tiny.py --workdir runs/tiny`.
+
+Re-running the same command on the same workdir resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from jaxgpt import config as config_lib
+from jaxgpt import metrics as metrics_lib
+from jaxgpt import sharding as sharding_lib
+from jaxgpt.checkpoint import Checkpointer
+from jaxgpt.data.dataset import prepare_dataset
+from jaxgpt.data.pipeline import TrainBatches, eval_windows, prefetch
+from jaxgpt.data.tokenizer import Tokenizer
+from jaxgpt.model import GPT, count_params, flops_per_token
+from jaxgpt.optimizer import make_optimizer, make_schedule
+from jaxgpt.sample import generate
+from jaxgpt.state import Trainer, make_trainer
+
+
+@dataclasses.dataclass
+class Summary:
+    """What a run did; printed at the end and written to WORKDIR/summary.json."""
+
+    workdir: str
+    steps: int
+    start_step: int
+    tokens: int
+    seconds: float
+    params: int
+    final_loss: float | None
+    eval_loss: float | None
+    eval_ppl: float | None
+    median_step_ms: float | None
+    checkpoint: str
+    preempted: bool = False
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks, so it can checkpoint before exiting."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def evaluate(trainer: Trainer, params: Any, windows: np.ndarray) -> float:
+    """Mean loss over fixed validation windows [N, B, T+1]."""
+    losses = [
+        trainer.eval(params, sharding_lib.global_batch(batch, trainer.batch_sharding))
+        for batch in windows
+    ]
+    return float(np.mean(jax.device_get(losses)))
+
+
+def _local_rows(batch: np.ndarray) -> np.ndarray:
+    n = jax.process_count()
+    rows = len(batch) // n
+    return batch[jax.process_index() * rows : (jax.process_index() + 1) * rows]
+
+
+def _truncate_metrics(workdir: Path, after_step: int) -> None:
+    """Drop metric lines past the checkpoint we resume from: those steps will be redone."""
+    path = workdir / "metrics.jsonl"
+    if path.is_file():
+        keep = [r for r in metrics_lib.read_metrics(workdir) if r["step"] <= after_step]
+        path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+
+def _check_batch_divisible(rc: config_lib.RunConfig, n_batch: int, eval_batch: int) -> None:
+    micro = rc.train.micro_batch_size
+    if micro % n_batch or eval_batch % n_batch:
+        raise ValueError(
+            f"train.batch_size={rc.train.batch_size} over train.microbatches="
+            f"{rc.train.microbatches} gives {micro} sequences per microbatch (eval batch "
+            f"{eval_batch}), which must be divisible by the data-parallel size {n_batch} "
+            "(mesh data × fsdp); change train.batch_size or the mesh"
+        )
+
+
+def _write_workdir_files(workdir: Path, config: ml_collections.ConfigDict, gpt_cfg, data) -> None:
+    resolved = json.loads(config_lib.to_json(config))
+    resolved["model"]["vocab_size"] = gpt_cfg.vocab_size
+    (workdir / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
+    shutil.copyfile(data.tokenizer_path, workdir / "tokenizer.model")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> Summary:
+    """Prepare data if needed, build or resume the state, train, evaluate, checkpoint."""
+    rc = config_lib.run_config(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    say = print if is_main else (lambda *a, **k: None)
+
+    data = prepare_dataset(rc.data, rc.data.path or workdir / "data", verbose=is_main)
+    gpt_cfg = config_lib.model_config(rc.model, data.vocab_size)
+    mesh = sharding_lib.make_mesh(rc.mesh)
+    n_batch = sharding_lib.batch_axis_size(mesh, rc.mesh.rules)
+    eval_batch = rc.train.eval_batch_size or rc.train.micro_batch_size
+    _check_batch_divisible(rc, n_batch, eval_batch)
+    if is_main:
+        _write_workdir_files(workdir, config, gpt_cfg, data)
+
+    model = GPT(gpt_cfg)
+    schedule = make_schedule(rc.opt, rc.train.steps)
+    tx = make_optimizer(rc.opt, rc.train.steps)
+    trainer = make_trainer(model, tx, schedule, mesh, rc.mesh.rules, rc.train.microbatches)
+    ckpt = Checkpointer(workdir, rc.ckpt.every, rc.ckpt.keep, rc.ckpt.async_save)
+    root_rng = jax.random.key(rc.train.seed)
+    start = ckpt.latest_step()
+    if start is None:
+        state, start = trainer.init(jax.random.fold_in(root_rng, 0)), 0
+    else:
+        state = ckpt.restore(trainer.abstract_state(), start)
+        if is_main:
+            _truncate_metrics(workdir, start)
+        say(f"resumed from {ckpt.directory / str(start)}")
+
+    n_params = count_params(state.params)
+    fpt = flops_per_token(gpt_cfg, count_params(state.params, exclude_positions=True))
+    peak = metrics_lib.peak_flops_per_device(override=rc.train.peak_flops)
+    tokens_per_step = rc.train.batch_size * gpt_cfg.block_size
+    say(
+        f"model: {n_params:,} params ({gpt_cfg.n_layer} layers, {gpt_cfg.n_head} heads, width "
+        f"{gpt_cfg.n_embd}, context {gpt_cfg.block_size}, vocab {gpt_cfg.vocab_size}); mesh "
+        f"{dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s)"
+    )
+    batches = TrainBatches(
+        data.tokens("train"),
+        rc.train.batch_size,
+        gpt_cfg.block_size,
+        rc.train.seed,
+        jax.process_index(),
+        jax.process_count(),
+    )
+    val = eval_windows(data.tokens("val"), gpt_cfg.block_size, rc.train.eval_tokens, eval_batch)
+    val_local = np.stack([_local_rows(b) for b in val])
+    tokenizer = Tokenizer.load(data.tokenizer_path)
+    writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
+    dropout_rng = jax.random.fold_in(root_rng, 1)
+
+    def produce(step: int) -> jax.Array:
+        return sharding_lib.global_batch(batches.local_batch(step), trainer.batch_sharding)
+
+    def run_eval(step: int) -> tuple[float, float]:
+        loss = evaluate(trainer, state.params, val_local)
+        ppl = float(np.exp(min(loss, 50.0)))
+        writer.write(step, {"eval_loss": loss, "eval_ppl": ppl})
+        line = f"step {step}: val loss {loss:.4f}, perplexity {ppl:.2f}"
+        if rc.train.sample_tokens and is_main:
+            prompt = tokenizer.encode(rc.train.sample_prompt) if rc.train.sample_prompt else []
+            ids = generate(
+                model,
+                state.params,
+                prompt or [tokenizer.eot_id],
+                rc.train.sample_tokens,
+                jax.random.fold_in(root_rng, 2 + step),
+                temperature=0.8,
+                top_k=50,
+            )
+            line += f"\n  sample: {rc.train.sample_prompt}{tokenizer.decode(ids)!r}"
+        say_bar(line)
+        return loss, ppl
+
+    bar = tqdm(
+        total=rc.train.steps, initial=start, disable=not is_main, unit="step", dynamic_ncols=True
+    )
+    say_bar = bar.write if is_main else (lambda *a, **k: None)
+    step_times: list[float] = []
+    last_loss = eval_loss = eval_ppl = None
+    pending: tuple[int, dict] | None = None
+    window_start, window_steps = time.perf_counter(), 0
+    started = time.perf_counter()
+    step = start
+    with _Preemption() as preemption:
+        for batch in prefetch(produce, range(start, rc.train.steps)):
+            state, step_metrics = trainer.step(state, batch, dropout_rng)
+            step += 1
+            window_steps += 1
+            bar.update(1)
+            # Read the previous step's metrics only now, after this step is dispatched, so the
+            # device never waits for the host.
+            if pending is not None:
+                now = time.perf_counter()
+                seconds = (now - window_start) / window_steps
+                window_start, window_steps = now, 0
+                values = jax.device_get(pending[1])
+                tokens_per_s = tokens_per_step / seconds
+                values.update(
+                    step_time_s=seconds,
+                    tokens_per_s=tokens_per_s,
+                    mfu=metrics_lib.mfu(fpt, tokens_per_s, jax.device_count(), peak),
+                )
+                writer.write(pending[0], values)
+                step_times.append(seconds)
+                last_loss = float(values["loss"])
+                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{float(values['lr']):.2e}")
+                pending = None
+            if step % rc.train.log_every == 0 or step == rc.train.steps:
+                pending = (step, step_metrics)
+            at_end = step == rc.train.steps
+            if (rc.train.eval_every and step % rc.train.eval_every == 0) or at_end:
+                eval_loss, eval_ppl = run_eval(step)
+                window_start, window_steps = time.perf_counter(), 0
+            ckpt.save(step, state, force=at_end or preemption.requested)
+            if preemption.requested:
+                say_bar(f"SIGTERM: saved checkpoint at step {step}, exiting")
+                break
+        if pending is not None:
+            values = jax.device_get(pending[1])
+            last_loss = float(values["loss"])
+            writer.write(pending[0], values)
+    bar.close()
+    ckpt.close()
+    writer.close()
+    summary = Summary(
+        workdir=str(workdir),
+        steps=step,
+        start_step=start,
+        tokens=(step - start) * tokens_per_step,
+        seconds=round(time.perf_counter() - started, 2),
+        params=n_params,
+        final_loss=last_loss,
+        eval_loss=eval_loss,
+        eval_ppl=eval_ppl,
+        median_step_ms=round(1000 * float(np.median(step_times)), 2) if step_times else None,
+        checkpoint=str(ckpt.directory / str(ckpt.latest_step())),
+        preempted=preemption.requested,
+    )
+    if is_main:
+        (workdir / "summary.json").write_text(json.dumps(dataclasses.asdict(summary), indent=2))
+        plot = metrics_lib.plot_losses(workdir)
+        _print_summary(summary, plot)
+    return summary
+
+
+def _print_summary(s: Summary, plot: Path | None) -> None:
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
+    lines = [
+        "",
+        "── summary " + "─" * 50,
+        f"steps        {s.start_step} → {s.steps}" + ("  (stopped by SIGTERM)" if s.preempted else ""),
+        f"tokens       {s.tokens:,} in {s.seconds:.1f}s ({s.tokens / max(s.seconds, 1e-9):,.0f}/s)",
+        f"step time    {fmt(s.median_step_ms, '.1f')} ms median",
+        f"train loss   {fmt(s.final_loss, '.4f')}",
+        f"val loss     {fmt(s.eval_loss, '.4f')}  (perplexity {fmt(s.eval_ppl, '.2f')})",
+        f"checkpoint   {s.checkpoint}",
+        f"metrics      {Path(s.workdir) / 'metrics.jsonl'}" + (f", plot {plot}" if plot else ""),
+    ]
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    argv = list(sys.argv if argv is None else argv)
+    config_path = config_lib.config_path_from_argv(argv)
+    if config_path:
+        config_lib.ensure_config_importable(config_path)
+    config_flag = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+    flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config, tokenizer.")
+    try:
+        flags.FLAGS(argv)
+    except (AttributeError, KeyError, flags.Error, FileNotFoundError) as e:
+        sys.exit(f"error: {e}\nusage: python -m jaxgpt.train --config configs/tiny.py --workdir DIR")
+    if config_flag.value is None or not flags.FLAGS.workdir:
+        sys.exit("usage: python -m jaxgpt.train --config configs/tiny.py --workdir DIR")
+    del app  # absl's app.run is not needed: flags are parsed above so errors read cleanly
+    try:
+        summary = train(config_flag.value, flags.FLAGS.workdir)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    if summary.preempted:
+        sys.exit(143)
+
+
+if __name__ == "__main__":
+    main()
