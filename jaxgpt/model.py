@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -119,11 +120,14 @@ class Projection(nn.Module):
         kernel = self.param(
             "kernel", _init(self.names, self.stddev), self.in_shape + self.out_shape, c.weight_dtype
         )
+        # One 2-D matmul on flattened views: the backward pass then needs no transposes of
+        # multi-axis operands, which CPU backends handle poorly.
         n_in = len(self.in_shape)
-        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-        y = jax.lax.dot_general(
-            x.astype(c.compute_dtype), kernel.astype(c.compute_dtype), (contract, ((), ()))
-        )
+        lead = x.shape[: x.ndim - n_in]
+        kernel_2d = kernel.reshape(math.prod(self.in_shape), math.prod(self.out_shape))
+        y = jnp.matmul(
+            x.reshape(*lead, -1).astype(c.compute_dtype), kernel_2d.astype(c.compute_dtype)
+        ).reshape(*lead, *self.out_shape)
         if c.bias:
             bias = self.param("bias", _zeros(self.names[n_in:]), self.out_shape, c.weight_dtype)
             y = y + bias.astype(c.compute_dtype)

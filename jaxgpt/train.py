@@ -113,8 +113,17 @@ def _write_workdir_files(workdir: Path, config: ml_collections.ConfigDict, gpt_c
     shutil.copyfile(data.tokenizer_path, workdir / "tokenizer.model")
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path) -> Summary:
-    """Prepare data if needed, build or resume the state, train, evaluate, checkpoint."""
+def train(
+    config: ml_collections.ConfigDict, workdir: str | Path, stop_at: int | None = None
+) -> Summary:
+    """Prepare data if needed, build or resume the state, train, evaluate, checkpoint.
+
+    Args:
+        config: a config from configs/*.py (see configs/base.py).
+        workdir: run directory; an existing checkpoint there is resumed.
+        stop_at: stop after this step with a checkpoint, as a preemption would (the schedule
+            still runs to train.steps when resumed).
+    """
     rc = config_lib.run_config(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -231,9 +240,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> Summary:
             if (rc.train.eval_every and step % rc.train.eval_every == 0) or at_end:
                 eval_loss, eval_ppl = run_eval(step)
                 window_start, window_steps = time.perf_counter(), 0
-            ckpt.save(step, state, force=at_end or preemption.requested)
-            if preemption.requested:
-                say_bar(f"SIGTERM: saved checkpoint at step {step}, exiting")
+            stopping = preemption.requested or step == stop_at
+            ckpt.save(step, state, force=at_end or stopping)
+            if stopping:
+                reason = "SIGTERM" if preemption.requested else "stop_at"
+                say_bar(f"{reason}: saved checkpoint at step {step}, exiting")
                 break
         if pending is not None:
             values = jax.device_get(pending[1])

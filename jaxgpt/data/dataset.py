@@ -21,7 +21,7 @@ from tqdm import tqdm
 from jaxgpt.data import sources as sources_lib
 from jaxgpt.data.tokenizer import Tokenizer, train_tokenizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ENCODE_CHUNK = 256  # documents encoded per call (SentencePiece releases the GIL inside)
 
 
@@ -126,7 +126,9 @@ def prepare_dataset(cfg: DataConfig, out_dir: str | Path, verbose: bool = True) 
             stdlib_max_mb=cfg.stdlib_max_mb,
         )
     )
-    docs = [d for d in docs if d.strip()]
+    # Order documents by content hash so the held-out tail is a random sample of documents, not
+    # whatever sorts last (e.g. the stdlib's codec tables). One document keeps its own order.
+    docs = sorted((d for d in docs if d.strip()), key=lambda d: hashlib.sha1(d.encode()).digest())
     if not docs:
         raise ValueError(f"data.sources={cfg.sources!r} gave no non-empty documents ({stats})")
     log(f"data: read {len(docs):,} documents, {stats.bytes / 1e6:.1f} MB from {cfg.sources}")

@@ -1,0 +1,142 @@
+"""Median train-step time of jaxgpt vs a PyTorch eager model of the same shape, in one run.
+
+Default shape: the char-level Shakespeare baseline (4 layers, 4 heads, width 128, T=64,
+batch 12, vocab 65). Both sides time forward + backward + clip + AdamW and wait for the result
+of every step (block_until_ready / loss.item()), on synthetic tokens, after warm-up.
+
+    python benchmarks/step_time.py [--steps 200] [--n_layer 4 --n_embd 128 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from jaxgpt.model import GPT, GPTConfig  # noqa: E402
+from jaxgpt.optimizer import OptConfig, make_optimizer, make_schedule  # noqa: E402
+from jaxgpt.sharding import MeshConfig, make_mesh  # noqa: E402
+from jaxgpt.state import make_trainer, next_token_loss  # noqa: E402
+
+RULES = (("batch", ("data", "fsdp")),)
+
+
+def _time(fn, steps: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def time_jax_steps(args: argparse.Namespace) -> dict:
+    """Median ms of the full train step, and of its forward and forward+backward parts."""
+    cfg = GPTConfig(
+        vocab_size=args.vocab_size,
+        block_size=args.block_size,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        n_embd=args.n_embd,
+        dtype=args.dtype,
+    )
+    model = GPT(cfg)
+    opt = OptConfig(lr=1e-3, b2=0.99, warmup_steps=10)
+    mesh = make_mesh(MeshConfig(1, 1, 1, RULES), jax.devices()[:1])
+    trainer = make_trainer(
+        model, make_optimizer(opt, 10_000), make_schedule(opt, 10_000), mesh, RULES
+    )
+    t0 = time.perf_counter()
+    state = trainer.init(jax.random.key(0))
+    tokens = np.random.default_rng(0).integers(
+        0, args.vocab_size, (64, args.batch_size, args.block_size + 1)
+    )
+    batches = [jax.device_put(b.astype(np.int32), trainer.batch_sharding) for b in tokens]
+    rng = jax.random.key(1)
+    state, m = trainer.step(state, batches[0], rng)
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t0
+    i = 0
+
+    def step():
+        nonlocal state, i
+        state, m = trainer.step(state, batches[i % len(batches)], rng)
+        i += 1
+        m["loss"].block_until_ready()
+
+    step_times = _time(step, args.steps, args.warmup)
+    params = state.params
+    fwd = jax.jit(lambda p, b: next_token_loss(p, model, b, None))
+    fwd_bwd = jax.jit(jax.grad(lambda p, b: next_token_loss(p, model, b, None)))
+    fwd_times = _time(lambda: fwd(params, batches[0]).block_until_ready(), args.steps, args.warmup)
+    bwd_times = _time(
+        lambda: jax.block_until_ready(fwd_bwd(params, batches[0])), args.steps, args.warmup
+    )
+    ms = lambda xs: round(1000 * statistics.median(xs), 2)
+    return {
+        "median_ms": ms(step_times),
+        "p10_ms": round(1000 * float(np.percentile(step_times, 10)), 2),
+        "p90_ms": round(1000 * float(np.percentile(step_times, 90)), 2),
+        "forward_ms": ms(fwd_times),
+        "forward_backward_ms": ms(bwd_times),
+        "compile_s": round(compile_s, 2),
+        "jax_version": jax.__version__,
+        "device": jax.devices()[0].device_kind,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    for name, default in (
+        ("n_layer", 4), ("n_head", 4), ("n_embd", 128), ("block_size", 64), ("batch_size", 12),
+        ("vocab_size", 65), ("steps", 200), ("warmup", 20),
+    ):  # fmt: skip
+        p.add_argument(f"--{name}", type=int, default=default)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--no_torch", action="store_true", help="skip the PyTorch side")
+    args = p.parse_args()
+    jax_result = time_jax_steps(args)
+    shape = {
+        k: getattr(args, k)
+        for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")
+    }
+    print(f"shape: {shape}, {args.steps} timed steps after {args.warmup} warm-up")
+    print(
+        f"jaxgpt  {jax_result['median_ms']:8.2f} ms/step median "
+        f"(p10 {jax_result['p10_ms']}, p90 {jax_result['p90_ms']}; forward "
+        f"{jax_result['forward_ms']} ms, forward+backward {jax_result['forward_backward_ms']} ms; "
+        f"compile {jax_result['compile_s']} s)"
+    )
+    result = {"shape": shape, "jax": jax_result}
+    if not args.no_torch:
+        from torch_baseline import time_torch_steps
+
+        torch_result = time_torch_steps(
+            **{k: v for k, v in shape.items()}, steps=args.steps, warmup=args.warmup
+        )
+        ratio = torch_result["median_ms"] / jax_result["median_ms"]
+        print(
+            f"torch   {torch_result['median_ms']:8.2f} ms/step median (eager, "
+            f"{torch_result['threads']} threads, torch {torch_result['torch_version']})"
+        )
+        print(
+            f"ratio   torch/jaxgpt = {ratio:.2f}x ({'jaxgpt faster' if ratio > 1 else 'torch faster'})"
+        )
+        result.update(torch=torch_result, torch_over_jax=round(ratio, 3))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

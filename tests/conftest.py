@@ -1,0 +1,37 @@
+"""Test setup: 8 CPU devices (set before JAX is imported) so sharding is tested for real."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # so `configs` imports as a package
+
+import pytest  # noqa: E402
+
+SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+
+@pytest.fixture
+def shakespeare() -> Path:
+    if not SHAKESPEARE.is_file():
+        pytest.fail(f"{SHAKESPEARE} is missing: the tests expect shared/ beside the repo")
+    return SHAKESPEARE
+
+
+@pytest.fixture
+def small_corpus(tmp_path: Path) -> Path:
+    """A ~60 KB text corpus made in the test: enough for a tokenizer and a few hundred windows."""
+    words = ("the quick brown fox jumps over a lazy dog while seven wizards quietly "
+             "hex jovial kings and queens by the river bank").split()
+    lines = []
+    for i in range(1500):
+        lines.append(" ".join(words[(i * 7 + j) % len(words)] for j in range(8)) + f" {i % 97}.")
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
