@@ -13,6 +13,25 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def _path_name(path: tuple) -> str:
+    # Orbax stores namedtuples and lists as dicts: compare "opt_state/1/mu/wte" spellings.
+    parts = []
+    for key in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+    return "/".join(parts)
+
+
+def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
+    return {
+        _path_name(path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        if hasattr(leaf, "shape")
+    }
+
+
 class Checkpointer:
     """Saves and restores the train state under WORKDIR/checkpoints."""
 
@@ -20,6 +39,7 @@ class Checkpointer:
         self.directory = Path(workdir).resolve() / "checkpoints"
         self.manager = ocp.CheckpointManager(
             self.directory,
+            item_handlers=ocp.StandardCheckpointHandler(),
             options=ocp.CheckpointManagerOptions(
                 save_interval_steps=max(every, 1),
                 max_to_keep=keep,
@@ -46,16 +66,11 @@ class Checkpointer:
     def _check_shapes(self, step: int, abstract_state: Any) -> None:
         stored = self.manager.item_metadata(step)
         stored_tree = getattr(stored, "tree", stored)
-        stored_shapes = {
-            jax.tree_util.keystr(path): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(stored_tree)
-        }
-        wanted = {
-            jax.tree_util.keystr(path): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state)
-        }
+        stored_shapes = _shapes_by_path(stored_tree)
+        wanted = _shapes_by_path(abstract_state)
         problems = []
-        for key in sorted(set(stored_shapes) | set(wanted)):
+        # Parameters first: they say what differs in words a user knows (wte, h_0, ...).
+        for key in sorted(set(stored_shapes) | set(wanted), key=lambda k: (not k.startswith("params"), k)):
             have, want = stored_shapes.get(key), wanted.get(key)
             if have != want:
                 problems.append(f"  {key}: checkpoint {have}, config {want}")

@@ -105,15 +105,15 @@ class Trainer:
     state_shardings: TrainState
     batch_sharding: NamedSharding
     init: Callable[[jax.Array], TrainState]
+    state_shapes: TrainState
     step: Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]
     eval: Callable[[Any, jax.Array], jax.Array]
 
     def abstract_state(self) -> TrainState:
         """ShapeDtypeStructs with shardings, as restore targets."""
-        shapes = jax.eval_shape(self.init, jax.random.key(0))
         return jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-            shapes,
+            self.state_shapes,
             self.state_shardings,
         )
 
@@ -176,6 +176,8 @@ def make_trainer(
         params = nn.unbox(model.init(rng, dummy)["params"])
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
+    with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
+        state_shapes = jax.eval_shape(init_fn, jax.random.key(0))
     batch_sharding = sharding_lib.named(mesh, rules, "batch", None)
     replicated = sharding_lib.replicated(mesh)
     step = functools.partial(
@@ -193,6 +195,7 @@ def make_trainer(
         state_shardings=state_shardings,
         batch_sharding=batch_sharding,
         init=_in_mesh(jax.jit(init_fn, out_shardings=state_shardings), mesh, rules),
+        state_shapes=state_shapes,
         step=_in_mesh(
             jax.jit(
                 step,

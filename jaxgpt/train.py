@@ -210,6 +210,10 @@ def train(
     window_start, window_steps = time.perf_counter(), 0
     started = time.perf_counter()
     step = start
+    if start >= rc.train.steps:
+        bar.write(f"already trained to step {start} (train.steps={rc.train.steps}): evaluating only")
+        eval_loss = evaluate(trainer, state.params, val_local)
+        eval_ppl = float(np.exp(min(eval_loss, 50.0)))
     with _Preemption() as preemption:
         for batch in prefetch(produce, range(start, rc.train.steps)):
             state, step_metrics = trainer.step(state, batch, dropout_rng)
@@ -297,13 +301,20 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
     config_path = config_lib.config_path_from_argv(argv)
     if config_path:
+        if not Path(config_path).is_file():
+            sys.exit(f"error: config file {config_path} does not exist")
         config_lib.ensure_config_importable(config_path)
     config_flag = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
     flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config, tokenizer.")
     try:
         flags.FLAGS(argv)
-    except (AttributeError, KeyError, flags.Error, FileNotFoundError) as e:
-        sys.exit(f"error: {e}\nusage: python -m jaxgpt.train --config configs/tiny.py --workdir DIR")
+    except (AttributeError, KeyError, flags.Error, OSError) as e:
+        # ConfigDict wraps typo messages in KeyError/AttributeError reprs; show the text itself.
+        message = str(e.args[0]).strip("'\"") if e.args else str(e)
+        message = message.replace("\\'", "'").replace("\\n", "\n")
+        if isinstance(e, AttributeError | KeyError):
+            message = f"unknown config key {message}"
+        sys.exit(f"error: {message}\nusage: python -m jaxgpt.train --config FILE --workdir DIR")
     if config_flag.value is None or not flags.FLAGS.workdir:
         sys.exit("usage: python -m jaxgpt.train --config configs/tiny.py --workdir DIR")
     del app  # absl's app.run is not needed: flags are parsed above so errors read cleanly

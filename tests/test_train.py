@@ -93,7 +93,7 @@ def test_resume_is_bitwise(small_corpus, tmp_path):
     from jaxgpt.checkpoint import Checkpointer
 
     params = [
-        Checkpointer(d, 5, 3).manager.restore(20).params  # raw arrays, no target needed
+        Checkpointer(d, 5, 3).manager.restore(20)["params"]  # raw arrays, no target needed
         for d in (full, split)
     ]
     import jax

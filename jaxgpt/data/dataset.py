@@ -75,7 +75,7 @@ def _source_fingerprint(cfg: DataConfig) -> list:
             continue
         for f in sources_lib.expand_files(source.path):
             st = f.stat()
-            prints.append([str(f.resolve()), st.st_size, int(st.st_mtime)])
+            prints.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
     if cfg.tokenizer_path:
         prints.append(
             ["tokenizer", hashlib.sha256(Path(cfg.tokenizer_path).read_bytes()).hexdigest()]

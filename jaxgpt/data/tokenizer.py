@@ -57,7 +57,7 @@ def _sentences(docs: Iterable[str], max_bytes: int) -> Iterator[str]:
     for doc in docs:
         for line in doc.split("\n"):
             if line:
-                seen += len(line) + 1
+                seen += len(line.encode()) + 1
                 yield line
             if seen >= max_bytes:
                 return
@@ -80,8 +80,8 @@ def train_tokenizer(
         raise ValueError("no text to train the tokenizer on (all documents are empty)")
     n_chars = len(set().union(*map(set, lines)))
     minimum = n_chars + N_SPECIAL + N_BYTE_PIECES
-    if model_type == "char":
-        vocab_size = vocab_size or minimum
+    if model_type == "char" and not vocab_size:
+        vocab_size = minimum
     elif vocab_size < minimum:
         raise ValueError(
             f"data.tokenizer.vocab_size={vocab_size} is too small: this corpus has {n_chars} "
@@ -113,7 +113,7 @@ def train_tokenizer(
             minloglevel=2,
         )
     except RuntimeError as e:
-        if "Vocabulary size is too high" in str(e) or "vocab_size" in str(e):
+        if "Vocabulary size too high" in str(e) or "Vocabulary size is too high" in str(e):
             raise ValueError(
                 f"data.tokenizer.vocab_size={vocab_size} is too large for this corpus "
                 f"({sum(map(len, lines)):,} characters of training text): {e}. "
