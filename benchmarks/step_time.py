@@ -17,16 +17,15 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jaxgpt.model import GPT, GPTConfig  # noqa: E402
-from jaxgpt.optimizer import OptConfig, make_optimizer, make_schedule  # noqa: E402
-from jaxgpt.sharding import MeshConfig, make_mesh  # noqa: E402
-from jaxgpt.state import make_trainer, next_token_loss  # noqa: E402
+from jaxgpt.model import GPT, GPTConfig
+from jaxgpt.optimizer import OptConfig, make_optimizer, make_schedule
+from jaxgpt.sharding import MeshConfig, make_mesh
+from jaxgpt.state import make_trainer, next_token_loss
 
 RULES = (("batch", ("data", "fsdp")),)
 
@@ -131,9 +130,8 @@ def main() -> None:
             f"torch   {torch_result['median_ms']:8.2f} ms/step median (eager, "
             f"{torch_result['threads']} threads, torch {torch_result['torch_version']})"
         )
-        print(
-            f"ratio   torch/jaxgpt = {ratio:.2f}x ({'jaxgpt faster' if ratio > 1 else 'torch faster'})"
-        )
+        verdict = "jaxgpt faster" if ratio > 1 else "torch faster"
+        print(f"ratio   torch/jaxgpt = {ratio:.2f}x ({verdict})")
         result.update(torch=torch_result, torch_over_jax=round(ratio, 3))
     print(json.dumps(result))
 

@@ -70,7 +70,9 @@ class Checkpointer:
         wanted = _shapes_by_path(abstract_state)
         problems = []
         # Parameters first: they say what differs in words a user knows (wte, h_0, ...).
-        for key in sorted(set(stored_shapes) | set(wanted), key=lambda k: (not k.startswith("params"), k)):
+        for key in sorted(
+            set(stored_shapes) | set(wanted), key=lambda k: (not k.startswith("params"), k)
+        ):
             have, want = stored_shapes.get(key), wanted.get(key)
             if have != want:
                 problems.append(f"  {key}: checkpoint {have}, config {want}")

@@ -132,7 +132,7 @@ def _axes(axes: Any) -> Any:
 
 
 def model_config(model: dict, tokenizer_vocab: int) -> GPTConfig:
-    """GPTConfig with the vocabulary resolved: explicit size (checked) or the tokenizer's, padded."""
+    """GPTConfig with its vocabulary resolved: explicit (checked) or the tokenizer's, padded."""
     model = dict(model)
     multiple = max(int(model.pop("vocab_multiple")), 1)
     if model["vocab_size"] == 0:

@@ -267,7 +267,7 @@ class GPT(nn.Module):
     def __call__(self, tokens_BT: jax.Array, deterministic: bool = True) -> jax.Array:
         c = self.config
         T = tokens_BT.shape[1]
-        if T > c.block_size:
+        if c.block_size < T:
             raise ValueError(f"sequence length {T} exceeds model.block_size {c.block_size}")
         x_BTD = self.wte(tokens_BT) + self.wpe(jnp.arange(T)[None, :])
         x_BTD = _constrain(

@@ -48,6 +48,7 @@ def make_schedule(cfg: OptConfig, total_steps: int) -> optax.Schedule:
     decay_total = cfg.decay_steps or total_steps
     warmup = min(cfg.warmup_steps, decay_total)
     rest = max(decay_total - warmup, 1)
+
     # Step s of warmup uses lr·(s+1)/(warmup+1): the first step already moves the weights.
     def warm(step):
         return cfg.lr * (step + 1) / (warmup + 1)
@@ -59,7 +60,7 @@ def make_schedule(cfg: OptConfig, total_steps: int) -> optax.Schedule:
     elif cfg.schedule == "constant":
         after = optax.constant_schedule(cfg.lr)
     else:  # wsd: hold the peak, then decay linearly over the last fraction
-        decay_len = max(int(round(rest * cfg.wsd_decay_fraction)), 1)
+        decay_len = max(round(rest * cfg.wsd_decay_fraction), 1)
         after = optax.join_schedules(
             [
                 optax.constant_schedule(cfg.lr),

@@ -196,7 +196,7 @@ def train(
                 temperature=0.8,
                 top_k=50,
             )
-            line += f"\n  sample: {rc.train.sample_prompt}{tokenizer.decode(ids)!r}"
+            line += f"\n  sample: {rc.train.sample_prompt + tokenizer.decode(ids)!r}"
         say_bar(line)
         return loss, ppl
 
@@ -211,7 +211,9 @@ def train(
     started = time.perf_counter()
     step = start
     if start >= rc.train.steps:
-        bar.write(f"already trained to step {start} (train.steps={rc.train.steps}): evaluating only")
+        bar.write(
+            f"already trained to step {start} (train.steps={rc.train.steps}): evaluating only"
+        )
         eval_loss = evaluate(trainer, state.params, val_local)
         eval_ppl = float(np.exp(min(eval_loss, 50.0)))
     with _Preemption() as preemption:
@@ -283,7 +285,8 @@ def _print_summary(s: Summary, plot: Path | None) -> None:
     lines = [
         "",
         "── summary " + "─" * 50,
-        f"steps        {s.start_step} → {s.steps}" + ("  (stopped by SIGTERM)" if s.preempted else ""),
+        f"steps        {s.start_step} → {s.steps}"
+        + ("  (stopped by SIGTERM)" if s.preempted else ""),
         f"tokens       {s.tokens:,} in {s.seconds:.1f}s ({s.tokens / max(s.seconds, 1e-9):,.0f}/s)",
         f"step time    {fmt(s.median_step_ms, '.1f')} ms median",
         f"train loss   {fmt(s.final_loss, '.4f')}",

@@ -27,8 +27,30 @@ def shakespeare() -> Path:
 @pytest.fixture
 def small_corpus(tmp_path: Path) -> Path:
     """A ~60 KB text corpus made in the test: enough for a tokenizer and a few hundred windows."""
-    words = ("the quick brown fox jumps over a lazy dog while seven wizards quietly "
-             "hex jovial kings and queens by the river bank").split()
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "a",
+        "lazy",
+        "dog",
+        "while",
+        "seven",
+        "wizards",
+        "quietly",
+        "hex",
+        "jovial",
+        "kings",
+        "and",
+        "queens",
+        "by",
+        "the",
+        "river",
+        "bank",
+    ]
     lines = []
     for i in range(1500):
         lines.append(" ".join(words[(i * 7 + j) % len(words)] for j in range(8)) + f" {i % 97}.")

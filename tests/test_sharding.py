@@ -99,6 +99,6 @@ def test_mesh_shape_resolution_and_errors():
         resolve_mesh_shape(MeshConfig(-1, 3, 1), 8)
     with pytest.raises(ValueError, match="4 but 8 devices"):
         resolve_mesh_shape(MeshConfig(2, 2, 1), 8)
-    with pytest.raises(ValueError, match="mesh.tensor"):
+    with pytest.raises(ValueError, match=r"mesh\.tensor"):
         resolve_mesh_shape(MeshConfig(-1, 1, 0), 8)
     assert batch_axis_size(make_mesh(MeshConfig(2, 2, 2, RULES)), RULES) == 4

@@ -118,7 +118,7 @@ def test_batch_not_divisible_by_data_parallel_size(small_corpus, tmp_path):
 
 
 def test_missing_data_path_names_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no/such/file.txt"):
+    with pytest.raises(FileNotFoundError, match=r"no/such/file\.txt"):
         train(tiny_config(Path("no/such/file.txt")), tmp_path)
 
 

@@ -176,7 +176,7 @@ def prepare_dataset(cfg: DataConfig, out_dir: str | Path, verbose: bool = True) 
         "bad_utf8_files": stats.bad_utf8_files,
         "bytes_per_token": round(stats.bytes / max(len(stream), 1), 3),
         "tokenizer_sha256": hashlib.sha256(tokenizer.model_proto).hexdigest(),
-        "splits": {name: {"tokens": int(len(t))} for name, t in splits.items()},
+        "splits": {name: {"tokens": len(t)} for name, t in splits.items()},
     }
     (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
     if out_dir.exists():
