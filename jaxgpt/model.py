@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 REMAT_POLICIES = ("none", "full", "dots")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +101,29 @@ def layer_norm(c: GPTConfig, name: str | None = None) -> nn.LayerNorm:
     )
 
 
+def einsum_attention(q_BTHQ: jax.Array, k_BSHQ: jax.Array, v_BSHQ: jax.Array) -> jax.Array:
+    """Causal softmax attention written out; XLA's CPU backend runs it faster than the library
+    path (whose per-group vmap leaves strided reductions in the backward pass)."""
+    T, S, Q = q_BTHQ.shape[1], k_BSHQ.shape[1], q_BTHQ.shape[-1]
+    scores_BHTS = jnp.einsum(
+        "bthq,bshq->bhts", q_BTHQ, k_BSHQ, preferred_element_type=jnp.float32
+    ) * (1.0 / Q**0.5)
+    causal_TS = jnp.tril(jnp.ones((T, S), dtype=bool), k=S - T)
+    scores_BHTS = jnp.where(causal_TS, scores_BHTS, jnp.finfo(jnp.float32).min)
+    probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1).astype(v_BSHQ.dtype)
+    return jnp.einsum("bhts,bshq->bthq", probs_BHTS, v_BSHQ)
+
+
+def attention(q_BTHQ: jax.Array, k_BSHQ: jax.Array, v_BSHQ: jax.Array, impl: str) -> jax.Array:
+    """Causal attention. "auto": the written-out form on CPU, jax.nn.dot_product_attention
+    (cuDNN flash attention where available) on accelerators."""
+    if impl == "auto":
+        impl = "einsum" if jax.default_backend() == "cpu" else None
+    if impl == "einsum":
+        return einsum_attention(q_BTHQ, k_BSHQ, v_BSHQ)
+    return jax.nn.dot_product_attention(q_BTHQ, k_BSHQ, v_BSHQ, is_causal=True, implementation=impl)
+
+
 class Projection(nn.Module):
     """x[..., *in_shape] · kernel[*in_shape, *out_shape] + bias[*out_shape].
 
@@ -149,10 +172,7 @@ class CausalSelfAttention(nn.Module):
         )(x_BTD)
         q_BTHQ, k_BSHQ, v_BSHQ = (qkv_BT3HQ[:, :, i] for i in range(3))
         q_BTHQ = _constrain(q_BTHQ, ("batch", "act_seq", "act_heads", None))
-        impl = None if c.attention == "auto" else c.attention
-        y_BTHQ = jax.nn.dot_product_attention(
-            q_BTHQ, k_BSHQ, v_BSHQ, is_causal=True, implementation=impl
-        )
+        y_BTHQ = attention(q_BTHQ, k_BSHQ, v_BSHQ, c.attention)
         # GPT-2 scales residual projections by 1/sqrt(2L) so the residual stream's variance
         # does not grow with depth.
         y_BTD = Projection(
