@@ -12,7 +12,7 @@ import numpy as np
 from jaxgpt.model import GPT
 
 
-@functools.partial(jax.jit, static_argnames=("model", "n_new", "top_k"))
+@functools.partial(jax.jit, static_argnames=("model", "n_new", "top_k", "vocab_limit"))
 def _generate(
     params: Any,
     buffer_BT: jax.Array,
@@ -23,12 +23,15 @@ def _generate(
     n_new: int,
     temperature: float,
     top_k: int,
+    vocab_limit: int,
 ) -> jax.Array:
     def body(i, carry):
         buffer_BT, rng = carry
         pos = start + i
         logits_BTV = model.apply({"params": params}, buffer_BT, deterministic=True)
         logits_BV = jax.lax.dynamic_index_in_dim(logits_BTV, pos - 1, axis=1, keepdims=False)
+        # Rows past the tokenizer's vocabulary only pad the embedding table: never sample them.
+        logits_BV = jnp.where(jnp.arange(logits_BV.shape[-1]) < vocab_limit, logits_BV, -jnp.inf)
         if top_k > 0:
             kth = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
             logits_BV = jnp.where(logits_BV < kth, -jnp.inf, logits_BV)
@@ -49,8 +52,13 @@ def generate(
     rng: jax.Array,
     temperature: float = 1.0,
     top_k: int = 0,
+    vocab_limit: int = 0,
 ) -> list[int]:
-    """Continue one prompt by n_new tokens; the prompt is cut from the left to fit the context."""
+    """Continue one prompt by n_new tokens; the prompt is cut from the left to fit the context.
+
+    Tokens at or past vocab_limit (the tokenizer's size, when the model's table is padded) are
+    never sampled; 0 means no limit.
+    """
     T = model.config.block_size
     n_new = min(n_new, T - 1)
     prompt = prompt[-(T - n_new) :] if prompt else [0]
@@ -65,5 +73,6 @@ def generate(
         n_new=n_new,
         temperature=temperature,
         top_k=top_k,
+        vocab_limit=vocab_limit or model.config.vocab_size,
     )
     return np.asarray(out)[0, len(prompt) : len(prompt) + n_new].tolist()

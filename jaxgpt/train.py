@@ -195,6 +195,7 @@ def train(
                 jax.random.fold_in(root_rng, 2 + step),
                 temperature=0.8,
                 top_k=50,
+                vocab_limit=tokenizer.vocab_size,
             )
             line += f"\n  sample: {rc.train.sample_prompt + tokenizer.decode(ids)!r}"
         say_bar(line)
