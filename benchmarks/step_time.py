@@ -50,6 +50,9 @@ def time_jax_steps(args: argparse.Namespace) -> dict:
         n_head=args.n_head,
         n_embd=args.n_embd,
         dtype=args.dtype,
+        remat=args.remat,
+        scan_layers=args.scan_layers,
+        attention=args.attention,
     )
     model = GPT(cfg)
     opt = OptConfig(lr=1e-3, b2=0.99, warmup_steps=10)
@@ -104,6 +107,9 @@ def main() -> None:
     ):  # fmt: skip
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--remat", default="none", help="none | full | dots")
+    p.add_argument("--attention", default="auto", help="auto | xla | einsum | cudnn")
+    p.add_argument("--scan_layers", action="store_true")
     p.add_argument("--no_torch", action="store_true", help="skip the PyTorch side")
     args = p.parse_args()
     jax_result = time_jax_steps(args)

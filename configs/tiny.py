@@ -18,7 +18,7 @@ def get_config():
     c.opt.warmup_steps = 50
     c.opt.b2 = 0.99
     c.train.steps = 1000
-    c.train.batch_size = 32
+    c.train.batch_size = 16
     c.train.log_every = 20
     c.train.eval_every = 250
     c.train.eval_tokens = 65_536
