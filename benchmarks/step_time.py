@@ -5,6 +5,9 @@ batch 12, vocab 65). Both sides time forward + backward + clip + AdamW and wait 
 of every step (block_until_ready / loss.item()), on synthetic tokens, after warm-up.
 
     python benchmarks/step_time.py [--steps 200] [--n_layer 4 --n_embd 128 ...]
+    # both CPU cores as two devices, parameters sharded over them:
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 \
+        python benchmarks/step_time.py --devices 2 --fsdp
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from jaxgpt.optimizer import OptConfig, make_optimizer, make_schedule
 from jaxgpt.sharding import MeshConfig, make_mesh
 from jaxgpt.state import make_trainer, next_token_loss
 
-RULES = (("batch", ("data", "fsdp")),)
+RULES = (("batch", ("data", "fsdp")), ("embed", "fsdp"))
 
 
 def _time(fn, steps: int, warmup: int) -> list[float]:
@@ -56,7 +59,10 @@ def time_jax_steps(args: argparse.Namespace) -> dict:
     )
     model = GPT(cfg)
     opt = OptConfig(lr=1e-3, b2=0.99, warmup_steps=10)
-    mesh = make_mesh(MeshConfig(1, 1, 1, RULES), jax.devices()[:1])
+    devices = jax.devices()[: args.devices]
+    n = len(devices)
+    mesh_cfg = MeshConfig(1, n, 1, RULES) if args.fsdp else MeshConfig(n, 1, 1, RULES)
+    mesh = make_mesh(mesh_cfg, devices)
     trainer = make_trainer(
         model, make_optimizer(opt, 10_000), make_schedule(opt, 10_000), mesh, RULES
     )
@@ -110,6 +116,8 @@ def main() -> None:
     p.add_argument("--remat", default="none", help="none | full | dots")
     p.add_argument("--attention", default="auto", help="auto | xla | einsum | cudnn")
     p.add_argument("--scan_layers", action="store_true")
+    p.add_argument("--devices", type=int, default=1, help="data-parallel over this many devices")
+    p.add_argument("--fsdp", action="store_true", help="shard over the devices with fsdp, not data")
     p.add_argument("--no_torch", action="store_true", help="skip the PyTorch side")
     args = p.parse_args()
     jax_result = time_jax_steps(args)
@@ -118,10 +126,15 @@ def main() -> None:
         for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")
     }
     print(f"shape: {shape}, {args.steps} timed steps after {args.warmup} warm-up")
+    parts = (
+        f"; forward {jax_result['forward_ms']} ms, forward+backward "
+        f"{jax_result['forward_backward_ms']} ms"
+        if args.devices == 1  # the split is timed unsharded, so only meaningful on one device
+        else f" on {args.devices} devices ({'fsdp' if args.fsdp else 'data'})"
+    )
     print(
         f"jaxgpt  {jax_result['median_ms']:8.2f} ms/step median "
-        f"(p10 {jax_result['p10_ms']}, p90 {jax_result['p90_ms']}; forward "
-        f"{jax_result['forward_ms']} ms, forward+backward {jax_result['forward_backward_ms']} ms; "
+        f"(p10 {jax_result['p10_ms']}, p90 {jax_result['p90_ms']}{parts}; "
         f"compile {jax_result['compile_s']} s)"
     )
     result = {"shape": shape, "jax": jax_result}
