@@ -22,17 +22,34 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.attention = "auto"  # dot_product_attention implementation: auto | xla | cudnn
 
     c.data = ml_collections.ConfigDict()
-    c.data.sources = "stdlib"  # comma list of kind:path (text:PATH) or "stdlib" (built-in corpus)
+    # Comma list of kind:path (path may be a glob): text:, jsonl:, tfds:NAME[/CONFIG][:SPLIT],
+    # wiki: (MediaWiki XML dump), wet: (Common Crawl WET), or "stdlib" (built-in Python corpus).
+    c.data.sources = "stdlib"
     c.data.path = ""  # prepared data dir; "" = WORKDIR/data
     c.data.text_split = "file"  # text sources: one document per "file" or per "blank_line" block
+    c.data.jsonl_field = "text"  # jsonl sources: the field holding the text
+    c.data.tfds_data_dir = ""  # tfds sources: local data_dir ("" = $TFDS_DATA_DIR or default)
+    c.data.tfds_text_field = "text"  # tfds sources: the feature holding the text
     c.data.stdlib_max_mb = 8.0  # size cap of the built-in Python-stdlib corpus
-    c.data.val_fraction = 0.1  # last fraction of the token stream held out for validation
-    c.data.strict = False  # fail on the first undecodable input instead of replacing and counting
+    c.data.val_fraction = 0.1  # share of documents (or of each document's tail) held out
+    c.data.split = "auto"  # document (by hash) | tail (of each document) | auto (by doc count)
+    c.data.strict = False  # fail at the first bad input (file:line) instead of counting it
+    c.data.shard_mb = 256.0  # size of one token shard file
+    c.data.workers = 0  # encoding processes; 0 = one per CPU
+    c.data.clean = ml_collections.ConfigDict()
+    c.data.clean.normalization = "NFC"  # Unicode normalization: NFC | NFKC | none
+    c.data.clean.min_chars = 1  # drop documents shorter than this after cleaning
+    c.data.clean.max_chars = 10_000_000  # drop documents longer than this
+    c.data.dedup = ml_collections.ConfigDict()
+    c.data.dedup.exact = True  # drop documents whose normalized text was seen before
+    c.data.dedup.near = True  # drop near duplicates (MinHash + LSH)
+    c.data.dedup.threshold = 0.8  # estimated Jaccard similarity that counts as near duplicate
     c.data.tokenizer = ml_collections.ConfigDict()
     c.data.tokenizer.model_type = "bpe"  # SentencePiece model: bpe | unigram | char
     c.data.tokenizer.vocab_size = 50257  # target vocabulary size, special tokens included
-    c.data.tokenizer.train_mb = 20.0  # megabytes of text sampled to train the tokenizer
-    c.data.tokenizer.path = ""  # an existing SentencePiece .model to use instead of training one
+    c.data.tokenizer.train_mb = 20.0  # megabytes of training text sampled to train it
+    c.data.tokenizer.path = ""  # an existing SentencePiece .model or HF tokenizer.json to use
+    c.data.tokenizer.eot_token = ""  # tokenizer.json: end-of-text token ("" = find a usual one)
 
     c.opt = ml_collections.ConfigDict()
     c.opt.name = "adamw"  # adamw | adam | adabelief

@@ -113,8 +113,8 @@ def override(config: ml_collections.ConfigDict, **dotted: Any) -> ml_collections
 def run_config(c: ml_collections.ConfigDict) -> RunConfig:
     """Typed, validated view of the ConfigDict; errors name the offending key."""
     data = c.data.to_dict()
-    tokenizer = data.pop("tokenizer")
-    data.update({f"tokenizer_{k}": v for k, v in tokenizer.items()})
+    for section in ("tokenizer", "clean", "dedup"):
+        data.update({f"{section}_{k}": v for k, v in data.pop(section).items()})
     mesh = c.mesh.to_dict()
     mesh["rules"] = tuple((name, _axes(axes)) for name, axes in mesh["rules"])
     return RunConfig(
@@ -147,3 +147,12 @@ def model_config(model: dict, tokenizer_vocab: int) -> GPTConfig:
 
 def to_json(c: ml_collections.ConfigDict) -> str:
     return json.dumps(c.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def describe_config_error(e: BaseException) -> str:
+    """Readable text for a flag-parsing error (ConfigDict wraps typo messages in reprs)."""
+    message = str(e.args[0]).strip("'\"") if e.args else str(e)
+    message = message.replace("\\'", "'").replace("\\n", "\n")
+    if isinstance(e, AttributeError | KeyError):
+        message = f"unknown config key {message}"
+    return message

@@ -23,9 +23,8 @@ from jaxgpt import config as config_lib
 from jaxgpt import metrics as metrics_lib
 from jaxgpt import sharding as sharding_lib
 from jaxgpt.checkpoint import Checkpointer
-from jaxgpt.data.dataset import prepare_dataset
-from jaxgpt.data.pipeline import TrainBatches, eval_windows, prefetch
-from jaxgpt.data.tokenizer import Tokenizer
+from jaxgpt.data.build import prepare_dataset
+from jaxgpt.data.pipeline import TrainBatches, eval_windows, prefetch, tf_batches
 from jaxgpt.model import GPT, count_params, flops_per_token
 from jaxgpt.optimizer import make_optimizer, make_schedule
 from jaxgpt.sample import generate
@@ -110,7 +109,7 @@ def _write_workdir_files(workdir: Path, config: ml_collections.ConfigDict, gpt_c
     resolved = json.loads(config_lib.to_json(config))
     resolved["model"]["vocab_size"] = gpt_cfg.vocab_size
     (workdir / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
-    shutil.copyfile(data.tokenizer_path, workdir / "tokenizer.model")
+    shutil.copyfile(data.tokenizer_path, workdir / data.tokenizer_file)
 
 
 def train(
@@ -173,12 +172,12 @@ def train(
     )
     val = eval_windows(data.tokens("val"), gpt_cfg.block_size, rc.train.eval_tokens, eval_batch)
     val_local = np.stack([_local_rows(b) for b in val])
-    tokenizer = Tokenizer.load(data.tokenizer_path)
+    tokenizer = data.tokenizer()
     writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
     dropout_rng = jax.random.fold_in(root_rng, 1)
 
-    def produce(step: int) -> jax.Array:
-        return sharding_lib.global_batch(batches.local_batch(step), trainer.batch_sharding)
+    def to_global(local_batch: np.ndarray) -> jax.Array:
+        return sharding_lib.global_batch(local_batch, trainer.batch_sharding)
 
     def run_eval(step: int) -> tuple[float, float]:
         loss = evaluate(trainer, state.params, val_local)
@@ -218,7 +217,8 @@ def train(
         eval_loss = evaluate(trainer, state.params, val_local)
         eval_ppl = float(np.exp(min(eval_loss, 50.0)))
     with _Preemption() as preemption:
-        for batch in prefetch(produce, range(start, rc.train.steps)):
+        local_batches = tf_batches(batches, start, rc.train.steps)
+        for batch in prefetch(to_global, local_batches):
             state, step_metrics = trainer.step(state, batch, dropout_rng)
             step += 1
             window_steps += 1
@@ -299,7 +299,7 @@ def _print_summary(s: Summary, plot: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
 
     argv = list(sys.argv if argv is None else argv)
@@ -313,15 +313,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         flags.FLAGS(argv)
     except (AttributeError, KeyError, flags.Error, OSError) as e:
-        # ConfigDict wraps typo messages in KeyError/AttributeError reprs; show the text itself.
-        message = str(e.args[0]).strip("'\"") if e.args else str(e)
-        message = message.replace("\\'", "'").replace("\\n", "\n")
-        if isinstance(e, AttributeError | KeyError):
-            message = f"unknown config key {message}"
-        sys.exit(f"error: {message}\nusage: python -m jaxgpt.train --config FILE --workdir DIR")
+        sys.exit(
+            f"error: {config_lib.describe_config_error(e)}\n"
+            "usage: python -m jaxgpt.train --config FILE --workdir DIR"
+        )
     if config_flag.value is None or not flags.FLAGS.workdir:
         sys.exit("usage: python -m jaxgpt.train --config configs/tiny.py --workdir DIR")
-    del app  # absl's app.run is not needed: flags are parsed above so errors read cleanly
     try:
         summary = train(config_flag.value, flags.FLAGS.workdir)
     except (ValueError, FileNotFoundError) as e:

@@ -1,8 +1,12 @@
-"""Turn sources into a prepared data dir: tokenizer.model, train.bin, val.bin, metadata.json.
+"""A prepared data dir: its settings (DataConfig), its identity (dataset_key) and its contents.
 
-A data dir is keyed by a hash of its sources and settings: preparing again with unchanged inputs
-does nothing, a change rebuilds. It is written under a temporary name and renamed when complete,
-so a half-written dir is never taken for a finished one.
+Layout of a data dir (written by jaxgpt.data.build):
+    train.jsonl, val.jsonl        cleaned, deduplicated documents, one {"text": ...} per line
+    tokenizer.model | .json       SentencePiece model, or a Hugging Face tokenizer.json
+    train-00000.bin, ...          token shards (uint16 or uint32), EOT after every document
+    val-00000.bin, ...
+    metadata.json                 sources, settings, key, tokenizer hash, counts per shard
+    report.txt                    what happened, for people
 """
 
 from __future__ import annotations
@@ -10,19 +14,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
+import os
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
 from jaxgpt.data import sources as sources_lib
-from jaxgpt.data.tokenizer import Tokenizer, train_tokenizer
+from jaxgpt.data.shards import TokenStream
+from jaxgpt.data.tokenizer import load_tokenizer
 
-FORMAT_VERSION = 2
-ENCODE_CHUNK = 256  # documents encoded per call (SentencePiece releases the GIL inside)
+FORMAT_VERSION = 3
+SPLITS = ("train", "val")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,160 +33,125 @@ class DataConfig:
     sources: str = "stdlib"
     path: str = ""
     text_split: str = "file"
+    jsonl_field: str = "text"
+    tfds_data_dir: str = ""
+    tfds_text_field: str = "text"
     stdlib_max_mb: float = 8.0
     val_fraction: float = 0.1
+    split: str = "auto"
     strict: bool = False
+    shard_mb: float = 256.0
+    workers: int = 0
+    clean_normalization: str = "NFC"
+    clean_min_chars: int = 1
+    clean_max_chars: int = 10_000_000
+    dedup_exact: bool = True
+    dedup_near: bool = True
+    dedup_threshold: float = 0.8
     tokenizer_model_type: str = "bpe"
     tokenizer_vocab_size: int = 50257
     tokenizer_train_mb: float = 20.0
     tokenizer_path: str = ""
+    tokenizer_eot_token: str = ""
 
     def __post_init__(self):
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.split not in ("auto", "document", "tail"):
+            raise ValueError(
+                f"data.split={self.split!r} is not one of ('auto', 'document', 'tail')"
+            )
+        if self.shard_mb <= 0:
+            raise ValueError(f"data.shard_mb must be positive, got {self.shard_mb}")
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    """What a prepared data dir holds."""
+    """What a prepared data dir holds (from its metadata.json)."""
 
     path: Path
     vocab_size: int
     eot_id: int
     dtype: str
-    train_tokens: int
-    val_tokens: int
-    documents: int
+    tokenizer_file: str
+    shards: dict[str, list[dict]]
+    documents: dict[str, int]
 
     @property
     def tokenizer_path(self) -> Path:
-        return self.path / "tokenizer.model"
+        return self.path / self.tokenizer_file
 
-    def tokens(self, split: str) -> np.ndarray:
-        """The split's token stream, memory-mapped (nothing is read until used)."""
-        return np.memmap(self.path / f"{split}.bin", dtype=self.dtype, mode="r")
+    @property
+    def train_tokens(self) -> int:
+        return sum(s["tokens"] for s in self.shards["train"])
+
+    @property
+    def val_tokens(self) -> int:
+        return sum(s["tokens"] for s in self.shards["val"])
+
+    def tokens(self, split: str) -> TokenStream:
+        """The split's token stream, memory-mapped across its shards."""
+        return TokenStream([self.path / s["file"] for s in self.shards[split]], self.dtype)
+
+    def tokenizer(self):
+        return load_tokenizer(self.tokenizer_path)
 
 
-def _source_fingerprint(cfg: DataConfig) -> list:
-    """Paths, sizes and mtimes of every input file, so edited inputs trigger a rebuild."""
+def source_fingerprint(cfg: DataConfig) -> list:
+    """Paths, sizes and mtimes of every input, so edited inputs trigger a rebuild."""
     prints: list = []
     for source in sources_lib.parse_sources(cfg.sources):
         if source.kind == "stdlib":
             prints.append(["stdlib", sys.version])
-            continue
-        for f in sources_lib.expand_files(source.path):
-            st = f.stat()
-            prints.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
+        elif source.kind == "tfds":
+            data_dir = cfg.tfds_data_dir or os.environ.get("TFDS_DATA_DIR", "")
+            prints.append(["tfds", source.path, data_dir])
+        else:
+            for f in sources_lib.source_files(source):
+                st = f.stat()
+                prints.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
     if cfg.tokenizer_path:
-        prints.append(
-            ["tokenizer", hashlib.sha256(Path(cfg.tokenizer_path).read_bytes()).hexdigest()]
-        )
+        digest = hashlib.sha256(Path(cfg.tokenizer_path).read_bytes()).hexdigest()
+        prints.append(["tokenizer", digest])
     return prints
 
 
 def dataset_key(cfg: DataConfig) -> str:
+    """Hash of everything that decides a data dir's contents (not where it lives)."""
     settings = dataclasses.asdict(cfg)
-    settings.pop("path")  # where the dir lives does not change what is in it
-    blob = json.dumps([FORMAT_VERSION, settings, _source_fingerprint(cfg)], sort_keys=True)
+    for where_or_how in ("path", "workers"):
+        settings.pop(where_or_how)
+    blob = json.dumps([FORMAT_VERSION, settings, source_fingerprint(cfg)], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def load_dataset(path: str | Path) -> DatasetInfo:
-    path = Path(path)
-    meta_path = path / "metadata.json"
+def read_metadata(path: str | Path) -> dict | None:
+    meta_path = Path(path) / "metadata.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{path} is not a prepared data dir ({meta_path} is missing)")
-    meta = json.loads(meta_path.read_text())
+        return None
+    return json.loads(meta_path.read_text())
+
+
+def load_dataset(path: str | Path) -> DatasetInfo:
+    """Open a prepared data dir; a dir without metadata.json is not a finished dataset."""
+    path = Path(path)
+    meta = read_metadata(path)
+    if meta is None:
+        raise FileNotFoundError(
+            f"{path} is not a prepared data dir ({path / 'metadata.json'} is missing); "
+            "run python -m jaxgpt.prepare"
+        )
     return DatasetInfo(
         path=path,
         vocab_size=meta["vocab_size"],
         eot_id=meta["eot_id"],
         dtype=meta["dtype"],
-        train_tokens=meta["splits"]["train"]["tokens"],
-        val_tokens=meta["splits"]["val"]["tokens"],
-        documents=meta["documents"],
+        tokenizer_file=meta["tokenizer_file"],
+        shards={split: meta["splits"][split]["shards"] for split in SPLITS},
+        documents={split: meta["splits"][split]["documents"] for split in SPLITS},
     )
 
 
-def prepare_dataset(cfg: DataConfig, out_dir: str | Path, verbose: bool = True) -> DatasetInfo:
-    """Build (or reuse, when its key matches) the prepared data dir at out_dir."""
-    out_dir = Path(out_dir)
-    key = dataset_key(cfg)
-    meta_path = out_dir / "metadata.json"
-    if meta_path.is_file() and json.loads(meta_path.read_text()).get("key") == key:
-        return load_dataset(out_dir)
-    log = print if verbose else (lambda *a, **k: None)
-    start = time.time()
-    stats = sources_lib.ReadStats()
-    docs = list(
-        sources_lib.iter_documents(
-            sources_lib.parse_sources(cfg.sources),
-            stats,
-            text_split=cfg.text_split,
-            strict=cfg.strict,
-            stdlib_max_mb=cfg.stdlib_max_mb,
-        )
-    )
-    # Order documents by content hash so the held-out tail is a random sample of documents, not
-    # whatever sorts last (e.g. the stdlib's codec tables). One document keeps its own order.
-    docs = sorted((d for d in docs if d.strip()), key=lambda d: hashlib.sha1(d.encode()).digest())
-    if not docs:
-        raise ValueError(f"data.sources={cfg.sources!r} gave no non-empty documents ({stats})")
-    log(f"data: read {len(docs):,} documents, {stats.bytes / 1e6:.1f} MB from {cfg.sources}")
-    if cfg.tokenizer_path:
-        tokenizer = Tokenizer.load(cfg.tokenizer_path)
-    else:
-        log(
-            f"data: training a SentencePiece {cfg.tokenizer_model_type} tokenizer "
-            f"(vocab {cfg.tokenizer_vocab_size or 'auto'})"
-        )
-        tokenizer = train_tokenizer(
-            docs,
-            cfg.tokenizer_vocab_size,
-            cfg.tokenizer_model_type,
-            max_bytes=int(cfg.tokenizer_train_mb * 1e6),
-        )
-    dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
-    pieces = []
-    for i in tqdm(
-        range(0, len(docs), ENCODE_CHUNK), desc="encode", unit="chunk", disable=not verbose
-    ):
-        for ids in tokenizer.encode_batch(docs[i : i + ENCODE_CHUNK]):
-            ids.append(tokenizer.eot_id)
-            pieces.append(np.asarray(ids, dtype=dtype))
-    stream = np.concatenate(pieces)
-    n_val = max(int(len(stream) * cfg.val_fraction), 1)
-    splits = {"train": stream[:-n_val], "val": stream[-n_val:]}
-
-    tmp = out_dir.with_name(out_dir.name + f".tmp-{key}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tokenizer.save(tmp / "tokenizer.model")
-    for name, tokens in splits.items():
-        tokens.tofile(tmp / f"{name}.bin")
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "key": key,
-        "config": dataclasses.asdict(cfg),
-        "vocab_size": tokenizer.vocab_size,
-        "eot_id": tokenizer.eot_id,
-        "dtype": np.dtype(dtype).name,
-        "documents": len(docs),
-        "input_bytes": stats.bytes,
-        "files": stats.files,
-        "bad_utf8_files": stats.bad_utf8_files,
-        "bytes_per_token": round(stats.bytes / max(len(stream), 1), 3),
-        "tokenizer_sha256": hashlib.sha256(tokenizer.model_proto).hexdigest(),
-        "splits": {name: {"tokens": len(t)} for name, t in splits.items()},
-    }
-    (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    log(
-        f"data: {len(stream):,} tokens ({meta['bytes_per_token']} bytes/token, "
-        f"vocab {tokenizer.vocab_size}) → {out_dir} in {time.time() - start:.1f}s"
-    )
-    if stats.bad_utf8_files:
-        log(f"data: {stats.bad_utf8_files} file(s) had invalid UTF-8; bad bytes were replaced")
-    return load_dataset(out_dir)
+def is_current(path: str | Path, cfg: DataConfig) -> bool:
+    meta = read_metadata(path)
+    return meta is not None and meta.get("key") == dataset_key(cfg)

@@ -1,35 +1,40 @@
-"""Training and eval batches: each a pure function of (seed, step, process), prefetched.
+"""Training and eval batches: each a pure function of (seed, step, process), fed by tf.data.
 
-Because batch(step) depends on nothing but the step, resuming at any step gives exactly the
-batches an uninterrupted run would have seen, with no replay and no iterator state to save.
+The training split is cut into non-overlapping windows of seq_len+1 tokens (stride seq_len, so
+every token is a target once per epoch). Epoch e visits them in the order of a permutation
+seeded by (seed, e); global batch s takes the next B windows of that sequence, and process p of P
+takes rows [p·B/P, (p+1)·B/P) of it. So a resumed run sees exactly the batches an uninterrupted
+one would (no iterator state, no replay), and the processes' shares are disjoint and together
+cover every window of an epoch.
 """
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from jaxgpt.data.shards import TokenStream
 
-def _check_length(tokens: np.ndarray, seq_len: int, split: str) -> int:
-    max_start = len(tokens) - (seq_len + 1)
-    if max_start < 0:
+
+def _check_length(n_tokens: int, seq_len: int, split: str) -> None:
+    if n_tokens < seq_len + 1:
         raise ValueError(
-            f"the {split} split has {len(tokens):,} tokens, fewer than one window of "
+            f"the {split} split has {n_tokens:,} tokens, fewer than one window of "
             f"block_size+1 = {seq_len + 1}; use more data, a smaller model.block_size or a "
             "different data.val_fraction"
         )
-    return max_start
 
 
 class TrainBatches:
-    """Random windows of seq_len+1 tokens; rows [p·B/P, (p+1)·B/P) belong to process p."""
+    """Deterministic training batches over a token stream (see the module docstring)."""
 
     def __init__(
         self,
-        tokens: np.ndarray,
+        tokens: TokenStream | np.ndarray,
         batch_size: int,
         seq_len: int,
         seed: int,
@@ -40,48 +45,99 @@ class TrainBatches:
             raise ValueError(
                 f"train.batch_size={batch_size} must be divisible by the {process_count} processes"
             )
-        self.tokens = tokens
-        self.batch_size = batch_size
-        self.seq_len = seq_len
-        self.seed = seed
-        self.max_start = _check_length(tokens, seq_len, "train")
-        self.local_rows = slice(
-            process_index * batch_size // process_count,
-            (process_index + 1) * batch_size // process_count,
-        )
+        _check_length(len(tokens), seq_len, "train")
+        self.tokens = tokens if isinstance(tokens, TokenStream) else _ArrayStream(tokens)
+        self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
+        self.n_windows = (len(tokens) - 1) // seq_len
+        rows = batch_size // process_count
+        self.local_rows = slice(process_index * rows, (process_index + 1) * rows)
 
-    def starts(self, step: int) -> np.ndarray:
-        """Window starts of the whole global batch at this step."""
-        rng = np.random.default_rng([self.seed, step])
-        return rng.integers(0, self.max_start + 1, size=self.batch_size)
+    @functools.lru_cache(maxsize=2)  # noqa: B019 (one sampler per run; two epochs are enough)
+    def _order(self, epoch: int) -> np.ndarray:
+        dtype = np.int32 if self.n_windows < 2**31 else np.int64
+        rng = np.random.default_rng([self.seed, epoch])
+        return rng.permutation(self.n_windows).astype(dtype)
+
+    def windows(self, step: int) -> np.ndarray:
+        """Window indices of the whole global batch at this step."""
+        index = step * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
+        epoch, pos = np.divmod(index, self.n_windows)
+        out = np.empty(self.batch_size, np.int64)
+        for e in np.unique(epoch):
+            mask = epoch == e
+            out[mask] = self._order(int(e))[pos[mask]]
+        return out
+
+    def epoch(self, step: int) -> float:
+        return step * self.batch_size / self.n_windows
 
     def local_batch(self, step: int) -> np.ndarray:
         """This process's rows of batch(step): int32 [B/P, seq_len + 1]."""
-        starts = self.starts(step)[self.local_rows]
-        return np.stack([self.tokens[s : s + self.seq_len + 1] for s in starts]).astype(np.int32)
+        starts = self.windows(step)[self.local_rows] * self.seq_len
+        return np.stack([self.tokens.window(int(s), self.seq_len + 1) for s in starts]).astype(
+            np.int32
+        )
 
 
-def eval_windows(tokens: np.ndarray, seq_len: int, n_tokens: int, batch_size: int) -> np.ndarray:
+class _ArrayStream:
+    """An in-memory array with TokenStream's interface (tests, small corpora)."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def window(self, start: int, length: int) -> np.ndarray:
+        return np.array(self.array[start : start + length])
+
+
+def eval_windows(
+    tokens: TokenStream | np.ndarray, seq_len: int, n_tokens: int, batch_size: int
+) -> np.ndarray:
     """Fixed, evenly spaced windows covering about n_tokens: int32 [N, batch_size, seq_len+1]."""
-    max_start = _check_length(tokens, seq_len, "val")
+    _check_length(len(tokens), seq_len, "val")
+    stream = tokens if isinstance(tokens, TokenStream) else _ArrayStream(tokens)
     n_batches = max(1, n_tokens // (seq_len * batch_size))
-    starts = np.linspace(0, max_start, n_batches * batch_size).astype(np.int64)
-    windows = np.stack([tokens[s : s + seq_len + 1] for s in starts]).astype(np.int32)
+    starts = np.linspace(0, len(tokens) - seq_len - 1, n_batches * batch_size).astype(np.int64)
+    windows = np.stack([stream.window(int(s), seq_len + 1) for s in starts]).astype(np.int32)
     return windows.reshape(n_batches, batch_size, seq_len + 1)
 
 
-def prefetch(produce: Callable[[int], object], steps: range, depth: int = 2) -> Iterator:
-    """Yield produce(step) for each step, computed `depth` steps ahead in a background thread."""
+def tf_batches(batches: TrainBatches, start: int, stop: int, prefetch: int = 4) -> Iterator:
+    """tf.data over local_batch(step) for step in [start, stop): parallel, in order, prefetched."""
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")  # the input pipeline never takes accelerator memory
+    shape = (batches.batch_size // _process_count(batches), batches.seq_len + 1)
+
+    def load(step):
+        batch = tf.numpy_function(lambda s: batches.local_batch(int(s)), [step], tf.int32)
+        return tf.ensure_shape(batch, shape)
+
+    ds = tf.data.Dataset.range(start, stop).map(
+        load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    return ds.prefetch(prefetch).as_numpy_iterator()
+
+
+def _process_count(batches: TrainBatches) -> int:
+    rows = batches.local_rows.stop - batches.local_rows.start
+    return batches.batch_size // rows
+
+
+def prefetch(produce: Callable, items, depth: int = 2) -> Iterator:
+    """Yield produce(item) for each item, computed `depth` ahead in a background thread."""
     buffer: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
 
     def worker():
         try:
-            for step in steps:
+            for item in items:
                 if stop.is_set():
                     return
-                buffer.put(produce(step))
+                buffer.put(produce(item))
             buffer.put(done)
         except BaseException as e:  # surfaced in the consumer, not lost in the thread
             buffer.put(e)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -16,7 +17,9 @@ N_SPECIAL = 4
 
 
 class Tokenizer:
-    """Encode/decode text; EOT (SentencePiece's eos) separates documents in token streams."""
+    """SentencePiece tokenizer; EOT (SentencePiece's eos) separates documents in token streams."""
+
+    filename = "tokenizer.model"
 
     def __init__(self, model_proto: bytes):
         self.model_proto = model_proto
@@ -31,6 +34,11 @@ class Tokenizer:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_bytes(self.model_proto)
+
+    @property
+    def proto(self) -> bytes:
+        """The serialized model, for hashing and for shipping to worker processes."""
+        return self.model_proto
 
     @property
     def vocab_size(self) -> int:
@@ -114,10 +122,85 @@ def train_tokenizer(
         )
     except RuntimeError as e:
         if "Vocabulary size too high" in str(e) or "Vocabulary size is too high" in str(e):
+            largest = re.search(r"<= (\d+)", str(e))
+            limit = f"at most {largest.group(1)}" if largest else "fewer"
             raise ValueError(
-                f"data.tokenizer.vocab_size={vocab_size} is too large for this corpus "
-                f"({sum(map(len, lines)):,} characters of training text): {e}. "
-                "Lower data.tokenizer.vocab_size or add more text."
+                f"data.tokenizer.vocab_size={vocab_size} is too large for this corpus: {limit} "
+                f"pieces can be learned from its {sum(map(len, lines)):,} characters of "
+                f"training text. Set data.tokenizer.vocab_size to {limit.removeprefix('at most ')}"
+                " or less, or add more text."
             ) from e
         raise
     return Tokenizer(writer.getvalue())
+
+
+EOT_NAMES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "[SEP]")
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer.json (e.g. GPT-2's byte-level BPE) behind the same interface."""
+
+    filename = "tokenizer.json"
+
+    def __init__(self, json_text: str, eot_token: str = ""):
+        from tokenizers import Tokenizer as HFBackend
+
+        self.json_text = json_text
+        self.eot_token = eot_token
+        self.tk = HFBackend.from_str(json_text)
+        names = (eot_token,) if eot_token else EOT_NAMES
+        ids = [self.tk.token_to_id(n) for n in names]
+        found = [i for i in ids if i is not None]
+        if not found:
+            raise ValueError(
+                f"tokenizer.json has no end-of-text token (looked for {names}); "
+                "name it with data.tokenizer.eot_token"
+            )
+        self._eot = found[0]
+
+    @classmethod
+    def load(cls, path: str | Path, eot_token: str = "") -> HFTokenizer:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer file {path} does not exist")
+        return cls(path.read_text(), eot_token)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.json_text)
+
+    @property
+    def proto(self) -> bytes:
+        return self.json_text.encode()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tk.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def eot_id(self) -> int:
+        return self._eot
+
+    def encode(self, text: str) -> list[int]:
+        return self.tk.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tk.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tk.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+def load_tokenizer(path: str | Path, eot_token: str = "") -> Tokenizer | HFTokenizer:
+    """tokenizer.json → Hugging Face tokenizers; anything else → SentencePiece model."""
+    if str(path).endswith(".json"):
+        return HFTokenizer.load(path, eot_token)
+    return Tokenizer.load(path)
+
+
+def tokenizer_from_bytes(
+    filename: str, data: bytes, eot_token: str = ""
+) -> Tokenizer | HFTokenizer:
+    """Rebuild a tokenizer in a worker process from its file name and bytes."""
+    if filename.endswith(".json"):
+        return HFTokenizer(data.decode(), eot_token)
+    return Tokenizer(data)

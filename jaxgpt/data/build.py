@@ -1,0 +1,321 @@
+"""Build a data dir: read → clean → deduplicate → split → JSONL → tokenizer → token shards.
+
+Two passes, so memory stays bounded by the dedup index rather than the corpus: the first writes
+the cleaned documents as JSONL (and keeps a sample for the tokenizer), the second encodes the
+JSONL in parallel worker processes into shards. Everything is written into a temporary sibling
+dir that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from jaxgpt.data import sources as sources_lib
+from jaxgpt.data.clean import CleanConfig, CleanStats, clean_documents
+from jaxgpt.data.dataset import (
+    FORMAT_VERSION,
+    DataConfig,
+    DatasetInfo,
+    dataset_key,
+    is_current,
+    load_dataset,
+)
+from jaxgpt.data.dedup import DedupConfig, DedupStats, deduplicate
+from jaxgpt.data.shards import ShardWriter, token_dtype
+from jaxgpt.data.tokenizer import load_tokenizer, tokenizer_from_bytes, train_tokenizer
+
+AUTO_SPLIT_MIN_DOCS = 100  # fewer documents than this: hold out the tail of each instead
+ENCODE_CHUNK_BYTES = 4_000_000  # text per worker task
+IN_PROCESS_BYTES = 8_000_000  # smaller corpora are encoded without a process pool
+
+
+def _doc_fraction(text: str) -> float:
+    """A document's fixed place in [0, 1): its hash, so the split never depends on order."""
+    return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big") / 2**64
+
+
+def split_documents(
+    docs: Iterable[str], val_fraction: float, mode: str
+) -> Iterator[tuple[str, str]]:
+    """Yield (split, text). document: whole documents by hash; tail: the last val_fraction of
+    every document's characters; auto: document when there are enough documents, else tail."""
+    docs = iter(docs)
+    if mode == "auto":
+        head = [d for _, d in zip(range(AUTO_SPLIT_MIN_DOCS), docs, strict=False)]
+        mode = "document" if len(head) >= AUTO_SPLIT_MIN_DOCS else "tail"
+        docs = _chain(head, docs)
+    for doc in docs:
+        if mode == "document":
+            yield ("val" if _doc_fraction(doc) < val_fraction else "train"), doc
+        else:
+            cut = int(len(doc) * (1 - val_fraction))
+            if doc[:cut]:
+                yield "train", doc[:cut]
+            if doc[cut:]:
+                yield "val", doc[cut:]
+
+
+def _chain(head: list[str], rest: Iterator[str]) -> Iterator[str]:
+    yield from head
+    yield from rest
+
+
+def _read_jsonl_texts(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)["text"]
+
+
+def _chunks(texts: Iterable[str], max_bytes: int) -> Iterator[list[str]]:
+    chunk, size = [], 0
+    for text in texts:
+        chunk.append(text)
+        size += len(text)
+        if size >= max_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+_WORKER_TOKENIZER = None
+
+
+def _init_worker(filename: str, data: bytes, eot_token: str) -> None:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = tokenizer_from_bytes(filename, data, eot_token)
+
+
+def _encode_chunk(texts: list[str], tokenizer=None) -> tuple[np.ndarray, int]:
+    """Token ids of the documents, each followed by EOT, as one uint32 array; and its bytes."""
+    tok = tokenizer or _WORKER_TOKENIZER
+    ids = tok.encode_batch(texts)
+    out = np.empty(sum(map(len, ids)) + len(ids), np.uint32)
+    pos = 0
+    for doc in ids:
+        out[pos : pos + len(doc)] = doc
+        out[pos + len(doc)] = tok.eot_id
+        pos += len(doc) + 1
+    return out, sum(len(t.encode()) for t in texts)
+
+
+def _encode_split(
+    jsonl: Path, writer: ShardWriter, tokenizer, workers: int, total_bytes: int, verbose: bool
+) -> int:
+    """Encode a JSONL split into shards, in order; returns the number of bytes encoded."""
+    bar = tqdm(
+        total=total_bytes, unit="B", unit_scale=True, desc=f"encode {writer.name}",
+        disable=not verbose, dynamic_ncols=True,
+    )  # fmt: skip
+    chunks = _chunks(_read_jsonl_texts(jsonl), ENCODE_CHUNK_BYTES)
+    done = 0
+    if workers <= 1 or total_bytes < IN_PROCESS_BYTES:
+        for chunk in chunks:
+            tokens, n = _encode_chunk(chunk, tokenizer)
+            writer.write(tokens)
+            done += n
+            bar.update(n)
+    else:
+        # spawn, not fork: the parent may already run JAX's threads, which fork can deadlock.
+        ctx = multiprocessing.get_context("spawn")
+        init = (type(tokenizer).filename, tokenizer.proto, getattr(tokenizer, "eot_token", ""))
+        with cf.ProcessPoolExecutor(workers, ctx, _init_worker, init) as pool:
+            pending: deque = deque()
+            for chunk in chunks:  # a bounded window of tasks keeps memory flat and order intact
+                pending.append(pool.submit(_encode_chunk, chunk))
+                if len(pending) >= 2 * workers:
+                    done += _drain_one(pending, writer, bar)
+            while pending:
+                done += _drain_one(pending, writer, bar)
+    bar.close()
+    return done
+
+
+def _drain_one(pending: deque, writer: ShardWriter, bar: tqdm) -> int:
+    tokens, n = pending.popleft().result()
+    writer.write(tokens)
+    bar.update(n)
+    return n
+
+
+@dataclasses.dataclass
+class BuildStats:
+    read: sources_lib.ReadStats
+    clean: CleanStats
+    dedup: DedupStats
+    documents: dict[str, int]
+    text_bytes: dict[str, int]
+
+
+def _write_documents(cfg: DataConfig, tmp: Path, verbose: bool) -> tuple[BuildStats, list[str]]:
+    """Pass 1: sources → clean → dedup → split → train/val.jsonl; returns stats and a sample
+    of training lines for the tokenizer."""
+    read_stats = sources_lib.ReadStats()
+    clean_stats, dedup_stats = CleanStats(), DedupStats()
+    docs = sources_lib.iter_documents(
+        sources_lib.parse_sources(cfg.sources),
+        read_stats,
+        text_split=cfg.text_split,
+        strict=cfg.strict,
+        stdlib_max_mb=cfg.stdlib_max_mb,
+        jsonl_field=cfg.jsonl_field,
+        tfds_data_dir=cfg.tfds_data_dir,
+        tfds_text_field=cfg.tfds_text_field,
+    )
+    clean_cfg = CleanConfig(
+        normalization=cfg.clean_normalization,
+        min_chars=cfg.clean_min_chars,
+        max_chars=cfg.clean_max_chars,
+    )
+    dedup_cfg = DedupConfig(
+        exact=cfg.dedup_exact, near=cfg.dedup_near, threshold=cfg.dedup_threshold
+    )
+    kept = deduplicate(clean_documents(docs, clean_cfg, clean_stats), dedup_cfg, dedup_stats)
+    counts = {"train": 0, "val": 0}
+    sizes = {"train": 0, "val": 0}
+    sample, sample_budget = [], int(cfg.tokenizer_train_mb * 1e6)
+    files = {s: (tmp / f"{s}.jsonl").open("w", encoding="utf-8") for s in counts}
+    bar = tqdm(desc="read", unit=" docs", disable=not verbose, dynamic_ncols=True)
+    try:
+        for split, text in split_documents(kept, cfg.val_fraction, cfg.split):
+            files[split].write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+            counts[split] += 1
+            sizes[split] += len(text.encode())
+            if split == "train" and sample_budget > 0:
+                sample.append(text)
+                sample_budget -= len(text)
+            bar.update(1)
+    finally:
+        for f in files.values():
+            f.close()
+        bar.close()
+    stats = BuildStats(read_stats, clean_stats, dedup_stats, counts, sizes)
+    if not counts["train"] or not counts["val"]:
+        raise ValueError(
+            f"data.sources={cfg.sources!r} left {counts['train']} training and {counts['val']} "
+            f"validation documents after reading, cleaning and deduplication:\n"
+            + format_report(stats, None)
+        )
+    return stats, sample
+
+
+def build_dataset(cfg: DataConfig, out_dir: str | Path, verbose: bool = True) -> DatasetInfo:
+    """Build the data dir at out_dir from scratch (see prepare_dataset for the cached entry)."""
+    out_dir = Path(out_dir)
+    key = dataset_key(cfg)
+    started = time.time()
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{key}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        stats, sample = _write_documents(cfg, tmp, verbose)
+        if cfg.tokenizer_path:
+            tokenizer = load_tokenizer(cfg.tokenizer_path, cfg.tokenizer_eot_token)
+        else:
+            if verbose:
+                print(f"data: training a SentencePiece {cfg.tokenizer_model_type} tokenizer")
+            tokenizer = train_tokenizer(
+                sample,
+                cfg.tokenizer_vocab_size,
+                cfg.tokenizer_model_type,
+                max_bytes=int(cfg.tokenizer_train_mb * 1e6),
+            )
+        del sample
+        tokenizer.save(tmp / type(tokenizer).filename)
+        dtype = token_dtype(tokenizer.vocab_size)
+        workers = cfg.workers or max(1, (os.cpu_count() or 1))
+        shard_tokens = max(int(cfg.shard_mb * 1e6) // dtype.itemsize, 1)
+        splits = {}
+        for split in ("train", "val"):
+            writer = ShardWriter(tmp, split, dtype, shard_tokens)
+            _encode_split(
+                tmp / f"{split}.jsonl", writer, tokenizer, workers, stats.text_bytes[split], verbose
+            )
+            shards = writer.close()
+            splits[split] = {
+                "documents": stats.documents[split],
+                "bytes": stats.text_bytes[split],
+                "tokens": sum(s["tokens"] for s in shards),
+                "shards": shards,
+            }
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "key": key,
+            "config": dataclasses.asdict(cfg),
+            "vocab_size": tokenizer.vocab_size,
+            "eot_id": tokenizer.eot_id,
+            "dtype": dtype.name,
+            "tokenizer_file": type(tokenizer).filename,
+            "tokenizer_sha256": hashlib.sha256(tokenizer.proto).hexdigest(),
+            "splits": splits,
+            "read": dataclasses.asdict(stats.read),
+            "clean": dataclasses.asdict(stats.clean),
+            "dedup": dataclasses.asdict(stats.dedup),
+            "seconds": round(time.time() - started, 2),
+        }
+        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
+        report = format_report(stats, meta)
+        (tmp / "report.txt").write_text(report + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if verbose:
+        print(report)
+    return load_dataset(out_dir)
+
+
+def prepare_dataset(cfg: DataConfig, out_dir: str | Path, verbose: bool = True) -> DatasetInfo:
+    """The data dir at out_dir, built only if it is missing or was built from other inputs."""
+    if is_current(out_dir, cfg):
+        return load_dataset(out_dir)
+    return build_dataset(cfg, out_dir, verbose)
+
+
+def format_report(stats: BuildStats, meta: dict | None) -> str:
+    """What happened, for people: documents in, drops by reason, duplicates, tokens out."""
+    r, c, d = stats.read, stats.clean, stats.dedup
+    lines = ["── data report " + "─" * 46]
+    lines.append(
+        f"read         {r.documents:,} documents, {r.bytes / 1e6:,.1f} MB from {r.files:,} files"
+    )
+    for name, value in dataclasses.asdict(r).items():
+        if name not in ("documents", "bytes", "files") and value:
+            shown = value if not isinstance(value, list) else "\n               ".join(value)
+            lines.append(f"  {name:<11} {shown}")
+    dropped = ", ".join(f"{k} {v:,}" for k, v in sorted(c.dropped.items()) if v) or "none"
+    lines.append(f"clean        kept {c.documents_out:,} of {c.documents_in:,}; dropped: {dropped}")
+    lines.append(
+        f"dedup        {d.exact_duplicates:,} exact and {d.near_duplicates:,} near duplicates "
+        f"removed; {d.documents_out:,} documents left"
+    )
+    for split in ("train", "val"):
+        mb = stats.text_bytes[split] / 1e6
+        line = f"{split:<12} {stats.documents[split]:,} documents, {mb:,.2f} MB"
+        if meta:
+            info = meta["splits"][split]
+            bpt = info["bytes"] / max(info["tokens"], 1)
+            shards = len(info["shards"])
+            line += f", {info['tokens']:,} tokens in {shards} shard(s), {bpt:.2f} bytes/token"
+        lines.append(line)
+    if meta:
+        lines.append(
+            f"tokenizer    {meta['tokenizer_file']}, vocab {meta['vocab_size']:,}, "
+            f"ids stored as {meta['dtype']}; built in {meta['seconds']:.1f}s"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,201 @@
+"""Document cleaning: Unicode normalization, invisible/control characters, whitespace, filters.
+
+`clean_text` is pure; `clean_documents` applies it to a stream, drops documents that fail the
+length and quality filters, and counts every removal in a CleanStats so a report can say why the
+corpus shrank. Leading indentation is never touched, so source code survives cleaning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+
+NORMALIZATIONS = ("NFC", "NFKC", "none")
+
+# C0 and C1 controls except \t and \n (\r is turned into \n before this runs), and DEL.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Invisible characters that carry no meaning in training text: zero-width space, word joiner,
+# BOM / zero-width no-break space. ZWNJ/ZWJ (U+200C/U+200D) are kept on purpose: they change
+# spelling in Persian and Indic scripts and hold emoji sequences together.
+_ZERO_WIDTH = re.compile("[\u200b\u2060\ufeff]")
+# In a Python str every surrogate code point is unpaired (valid pairs decode to one code point);
+# they cannot be encoded as UTF-8, so they would crash the tokenizer or the writer later.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ANY_REMOVABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\u2060\ufeff\ud800-\udfff]")
+# Runs of horizontal whitespace after a line's first non-blank character (indentation excluded).
+_INNER_SPACES = re.compile(r"(?<=\S)[^\S\n]{2,}|(?<=\S)[^\S\n ]")
+REPLACEMENT_CHAR = "\ufffd"
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanConfig:
+    """How documents are cleaned and filtered; every extra filter defaults to keeping text."""
+
+    normalization: str = "NFC"  # unicodedata form: NFC | NFKC | none
+    min_chars: int = 1  # drop documents shorter than this after cleaning
+    max_chars: int = 1_000_000  # drop (not truncate) documents longer than this after cleaning
+    collapse_spaces: bool = False  # collapse space/tab runs inside a line (indentation kept)
+    strip_trailing_whitespace: bool = True  # strip whitespace at the end of every line
+    max_blank_lines: int = 2  # longer runs of blank lines shrink to this many; -1 keeps all
+    strip_blank_edges: bool = True  # drop blank lines at the start and end of a document
+    min_words: int = 0  # drop documents with fewer whitespace-separated words
+    max_line_chars: int = 0  # drop documents with a longer line (minified code, blobs); 0: off
+    max_replacement_fraction: float = 1.0  # drop if more of the chars are U+FFFD (bad decoding)
+
+    def __post_init__(self):
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"clean.normalization={self.normalization!r} is not one of {NORMALIZATIONS}"
+            )
+        if self.min_chars < 0 or self.max_chars < self.min_chars:
+            raise ValueError(
+                f"clean: need 0 <= min_chars <= max_chars, got {self.min_chars}, {self.max_chars}"
+            )
+        if self.max_blank_lines < -1:
+            raise ValueError(f"clean.max_blank_lines must be >= -1, got {self.max_blank_lines}")
+        if self.min_words < 0 or self.max_line_chars < 0:
+            raise ValueError("clean.min_words and clean.max_line_chars must be >= 0")
+        if not 0.0 <= self.max_replacement_fraction <= 1.0:
+            raise ValueError(
+                "clean.max_replacement_fraction must be in [0, 1], "
+                f"got {self.max_replacement_fraction}"
+            )
+
+
+@dataclasses.dataclass
+class CleanStats:
+    """Counts from clean_documents; characters are Unicode code points, not bytes."""
+
+    documents_in: int = 0  # documents read
+    documents_out: int = 0  # documents kept
+    documents_modified: int = 0  # documents (kept or dropped) whose text cleaning changed
+    dropped: dict[str, int] = dataclasses.field(default_factory=dict)  # reason -> documents
+    chars_in: int = 0  # characters of all documents read
+    chars_out: int = 0  # characters of the documents kept, after cleaning
+    line_breaks_normalized: int = 0  # \r\n and lone \r turned into \n
+    control_chars_removed: int = 0  # C0/C1 control characters (other than \t, \n) and DEL
+    zero_width_removed: int = 0  # U+200B, U+2060, U+FEFF (BOM)
+    surrogates_removed: int = 0  # unpaired surrogate code points
+
+    @property
+    def documents_dropped(self) -> int:
+        return sum(self.dropped.values())
+
+    def merge(self, other: CleanStats) -> None:
+        """Add another CleanStats into this one (e.g. from a parallel worker)."""
+        for f in dataclasses.fields(self):
+            if f.name == "dropped":
+                for reason, n in other.dropped.items():
+                    self.dropped[reason] = self.dropped.get(reason, 0) + n
+            else:
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def summary(self) -> str:
+        """One line for logs."""
+        drops = ", ".join(f"{k} {v:,}" for k, v in sorted(self.dropped.items())) or "none"
+        return (
+            f"clean: kept {self.documents_out:,}/{self.documents_in:,} documents "
+            f"({self.chars_out:,}/{self.chars_in:,} chars); dropped: {drops}; "
+            f"removed {self.control_chars_removed:,} control, {self.zero_width_removed:,} "
+            f"zero-width, {self.surrogates_removed:,} surrogate chars"
+        )
+
+
+def _remove(pattern: re.Pattern, text: str) -> tuple[str, int]:
+    out = pattern.sub("", text)
+    return out, len(text) - len(out)
+
+
+def _clean(text: str, cfg: CleanConfig, stats: CleanStats | None) -> str:
+    """clean_text, optionally counting what it removed into stats."""
+    if "\r" in text:
+        if stats is not None:
+            stats.line_breaks_normalized += text.count("\r")  # one per \r\n or lone \r
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    # Removal comes before normalization so that e.g. "e\u200b\u0301" composes to one "é".
+    if _ANY_REMOVABLE.search(text):
+        text, n_surr = _remove(_SURROGATE, text)
+        text, n_ctrl = _remove(_CONTROL, text)
+        text, n_zw = _remove(_ZERO_WIDTH, text)
+        if stats is not None:
+            stats.surrogates_removed += n_surr
+            stats.control_chars_removed += n_ctrl
+            stats.zero_width_removed += n_zw
+    if cfg.normalization != "none":
+        text = unicodedata.normalize(cfg.normalization, text)
+    return _clean_whitespace(text, cfg)
+
+
+def _clean_whitespace(text: str, cfg: CleanConfig) -> str:
+    """Trailing whitespace, inner space runs and blank lines; never leading indentation."""
+    # Line-by-line rstrip rather than a regex: a `\s+$` pattern backtracks quadratically on long
+    # runs of spaces that are not at a line end.
+    if cfg.strip_trailing_whitespace:
+        text = "\n".join([line.rstrip() for line in text.split("\n")])
+    if cfg.collapse_spaces:
+        text = _INNER_SPACES.sub(" ", text)
+    if cfg.max_blank_lines >= 0:
+        keep = cfg.max_blank_lines
+        # A newline followed by more than `keep` blank (whitespace-only) lines.
+        text = re.sub(rf"\n(?:[^\S\n]*\n){{{keep + 1},}}", "\n" * (keep + 1), text)
+    if cfg.strip_blank_edges:
+        # Cut at line boundaries so the first line's indentation survives.
+        body = text.lstrip()
+        if not body:
+            return ""
+        start = text.rfind("\n", 0, len(text) - len(body)) + 1
+        end = text.find("\n", len(text.rstrip()))
+        text = text[start : end if end >= 0 else len(text)]
+    return text
+
+
+def clean_text(text: str, cfg: CleanConfig) -> str:
+    """Normalize Unicode, drop control/invisible characters and tidy whitespace; pure."""
+    return _clean(text, cfg, None)
+
+
+def _drop_reason(text: str, cfg: CleanConfig) -> str | None:
+    """Why a cleaned document is dropped, or None to keep it; the first failing check wins."""
+    n = len(text)
+    if n == 0 or text.isspace():
+        return "empty"
+    if n < cfg.min_chars:
+        return "too_short"
+    if n > cfg.max_chars:
+        return "too_long"
+    # The length test first: a document no longer than the limit cannot hold a longer line.
+    if 0 < cfg.max_line_chars < n and max(map(len, text.split("\n"))) > cfg.max_line_chars:
+        return "line_too_long"
+    if cfg.min_words and len(text.split()) < cfg.min_words:
+        return "too_few_words"
+    if (
+        cfg.max_replacement_fraction < 1.0
+        and text.count(REPLACEMENT_CHAR) > cfg.max_replacement_fraction * n
+    ):
+        return "bad_encoding"
+    return None
+
+
+def clean_documents(docs: Iterable[str], cfg: CleanConfig, stats: CleanStats) -> Iterator[str]:
+    """Yield cleaned documents that pass the filters, counting every drop by reason in stats.
+
+    Args:
+      docs: raw documents.
+      cfg: cleaning settings.
+      stats: updated in place as documents stream through (read it after the iterator ends).
+    """
+    for doc in docs:
+        stats.documents_in += 1
+        stats.chars_in += len(doc)
+        text = _clean(doc, cfg, stats)
+        if text != doc:
+            stats.documents_modified += 1
+        reason = _drop_reason(text, cfg)
+        if reason is not None:
+            stats.dropped[reason] = stats.dropped.get(reason, 0) + 1
+            continue
+        stats.documents_out += 1
+        stats.chars_out += len(text)
+        yield text

@@ -1,0 +1,464 @@
+"""Readers for the structured source kinds: JSON Lines, TFDS, MediaWiki XML dumps, Common Crawl WET.
+
+Each reader yields documents (str) and counts what it read, skipped or repaired into a ReadStats
+(see sources.py). Bad input is counted and remembered as "path:line: reason" by default, and is a
+ValueError naming the place with strict=True. Slow imports (warcio, mwparserfromhell,
+tensorflow_datasets) happen inside the reader that needs them.
+"""
+
+from __future__ import annotations
+
+import bz2
+import codecs
+import contextlib
+import gzip
+import io
+import json
+import lzma
+import os
+import re
+import xml.etree.ElementTree as ET
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:  # sources imports this module, so only the type checker imports it back
+    from jaxgpt.data.sources import ReadStats, Source
+
+COMPRESSED_SUFFIXES = ("", ".gz", ".bz2", ".xz", ".zst")
+JSONL_ENDINGS = tuple(
+    f"{e}{c}" for e in (".jsonl", ".json", ".ndjson") for c in COMPRESSED_SUFFIXES
+)
+WIKI_ENDINGS = (".xml", ".xml.bz2", ".xml.gz")
+WET_ENDINGS = (".warc.wet.gz", ".warc.wet", ".wet.gz", ".wet")
+TFDS_SPEC = re.compile(r"[A-Za-z0-9_]+(/[\w.+-]+)?")
+READ_CHUNK = 1 << 20
+
+
+class CorruptInputError(ValueError):
+    """A file that ends early or cannot be decompressed or parsed; the message names the file."""
+
+
+# ---------------------------------------------------------------- opening and decoding
+
+
+class _ZstdReader(io.RawIOBase):
+    """Streaming .zst decompression that, unlike zstandard.stream_reader, notices truncation."""
+
+    def __init__(self, fh: BinaryIO):
+        import zstandard
+
+        # Large windows let files made with `zstd --long=31` (common for web corpora) decode.
+        self._dctx = zstandard.ZstdDecompressor(max_window_size=2**31)
+        self._fh, self._dobj, self._out, self._eof = fh, None, memoryview(b""), False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._out and not self._eof:
+            self._fill()
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def _fill(self) -> None:
+        chunk = self._fh.read(READ_CHUNK)
+        if not chunk:
+            if self._dobj is not None:
+                raise EOFError("zstd data ended inside a frame")
+            self._eof = True
+            return
+        out = []
+        while chunk:  # a file may hold several frames back to back
+            if self._dobj is None:
+                self._dobj = self._dctx.decompressobj()
+            out.append(self._dobj.decompress(chunk))
+            chunk = b""
+            if self._dobj.eof:
+                chunk, self._dobj = self._dobj.unused_data, None
+        self._out = memoryview(b"".join(out))
+
+
+class _Checked(io.RawIOBase):
+    """A decompressing stream whose low-level errors become CorruptInputError naming the file."""
+
+    def __init__(self, inner: BinaryIO, fh: BinaryIO, path: Path, errors: tuple[type, ...]):
+        self._inner, self._fh, self._path, self._errors = inner, fh, path, errors
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        try:
+            n = self._inner.readinto(buffer)
+        except self._errors as e:
+            raise CorruptInputError(
+                f"{self._path}: truncated or corrupt compressed data after {self._pos:,} "
+                f"decompressed bytes ({type(e).__name__}: {e})"
+            ) from e
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._inner.close()
+            self._fh.close()
+        super().close()
+
+
+_DECOMPRESSORS = {
+    ".gz": lambda fh: gzip.GzipFile(fileobj=fh),
+    ".bz2": bz2.BZ2File,
+    ".xz": lzma.LZMAFile,
+    ".zst": _ZstdReader,
+}
+
+
+def open_input(path: Path) -> BinaryIO:
+    """path opened for binary reading, decompressed by its suffix (.gz, .bz2, .xz, .zst)."""
+    suffix = path.suffix.lower()
+    fh = open(path, "rb")  # noqa: SIM115 (closed by the returned stream)
+    if suffix not in _DECOMPRESSORS:
+        return fh
+    errors: tuple[type, ...] = (EOFError, OSError, zlib.error, lzma.LZMAError)
+    if suffix == ".zst":
+        import zstandard
+
+        errors = (*errors, zstandard.ZstdError)
+    inner = _DECOMPRESSORS[suffix](fh)
+    return io.BufferedReader(_Checked(inner, fh, path, errors), buffer_size=READ_CHUNK)
+
+
+def decode_utf8(data: bytes | memoryview, final: bool = True) -> tuple[str, int, int]:
+    """Decode UTF-8 replacing bad bytes with U+FFFD: (text, bytes consumed, bad sequences)."""
+    view, parts, pos, bad = memoryview(data), [], 0, 0
+    while True:
+        try:
+            text, used = codecs.utf_8_decode(view[pos:], "strict", final)
+        except UnicodeDecodeError as e:
+            # One U+FFFD per bad sequence, exactly as errors="replace" would give.
+            parts += [str(view[pos : pos + e.start], "utf-8"), "\ufffd"]
+            pos, bad = pos + e.end, bad + 1
+            continue
+        parts.append(text)
+        return "".join(parts), pos + used, bad
+
+
+class _Utf8Repair:
+    """A readable byte stream with invalid UTF-8 replaced, so the XML parser never chokes on it."""
+
+    def __init__(self, stream: BinaryIO, path: Path, strict: bool):
+        self._stream, self._path, self._strict = stream, path, strict
+        self._pending, self._offset, self.bad = b"", 0, 0
+
+    def read(self, size: int = -1) -> bytes:
+        while True:
+            chunk = self._stream.read(size if size > 0 else READ_CHUNK)
+            data = self._pending + chunk
+            if self._strict:
+                try:
+                    codecs.utf_8_decode(data, "strict", not chunk)
+                except UnicodeDecodeError as e:
+                    at = self._offset + e.start
+                    raise ValueError(
+                        f"{self._path}: not valid UTF-8 at byte {at:,} (data.strict=True)"
+                    ) from e
+            text, used, bad = decode_utf8(data, final=not chunk)
+            self.bad += bad
+            self._pending, self._offset = data[used:], self._offset + used
+            if text or not chunk:
+                return text.encode()
+
+
+def _input_files(source: Source, stats: ReadStats) -> Iterator[Path]:
+    """The source's files, each counted in stats as it is reached."""
+    # Imported here: sources imports this module at load time.
+    from jaxgpt.data.sources import source_files
+
+    for path in source_files(source):
+        stats.files += 1
+        stats.input_bytes += path.stat().st_size
+        yield path
+
+
+def _reject(stats: ReadStats, strict: bool, where: str, reason: str, counter: str) -> None:
+    """Count one bad input (or, with strict, fail on it) and remember where it was."""
+    if strict:
+        raise ValueError(f"{where}: {reason} (data.strict=True)")
+    setattr(stats, counter, getattr(stats, counter) + 1)
+    stats.note(f"{where}: {reason}")
+
+
+def _corrupt(error: CorruptInputError, stats: ReadStats, strict: bool) -> None:
+    """A file that broke off: documents before the break are kept unless strict."""
+    if strict:
+        raise error
+    stats.corrupt_files += 1
+    stats.note(f"{error} (documents before this point were kept)")
+
+
+# ---------------------------------------------------------------- jsonl
+
+
+def _jsonl_text(line: bytes, where: str, field: str, stats: ReadStats, strict: bool) -> str | None:
+    """The text field of one JSONL line, or None when the line is blank or bad (and counted)."""
+    try:
+        decoded = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        _reject(stats, strict, where, f"not valid UTF-8 at byte {e.start}", "bad_utf8_lines")
+        decoded = line.decode("utf-8", errors="replace")
+    if not decoded.strip():
+        return None
+    try:
+        record = json.loads(decoded)
+    except json.JSONDecodeError as e:
+        _reject(stats, strict, where, f"invalid JSON ({e.msg}, column {e.colno})", "bad_json_lines")
+        return None
+    if not isinstance(record, dict):
+        reason = f"not a JSON object (a {type(record).__name__})"
+        _reject(stats, strict, where, reason, "bad_json_lines")
+        return None
+    text = record.get(field)
+    if not isinstance(text, str):
+        reason = f"no {field!r} field" if field not in record else f"{field!r} is not a string"
+        _reject(stats, strict, where, f"{reason} (data.jsonl_field)", "missing_field_lines")
+        return None
+    return text
+
+
+def read_jsonl(
+    source: Source, stats: ReadStats, strict: bool, jsonl_field: str = "text", **_
+) -> Iterator[str]:
+    """JSON Lines (.jsonl, optionally .gz/.bz2/.xz/.zst), one document per line's text field."""
+    for path in _input_files(source, stats):
+        with open_input(path) as stream:
+            try:
+                # Lines are split on b"\n" only: JSON never holds a raw newline, other breaks
+                # (\r, U+2028) inside strings stay part of the text.
+                for lineno, line in enumerate(stream, 1):
+                    text = _jsonl_text(line, f"{path}:{lineno}", jsonl_field, stats, strict)
+                    if text is None:
+                        continue
+                    if not text.strip():
+                        stats.skip("empty")
+                        continue
+                    stats.add(source, text)
+                    yield text
+            except CorruptInputError as e:
+                _corrupt(e, stats, strict)
+
+
+# ---------------------------------------------------------------- wiki
+
+
+def _local(tag: str) -> str:
+    """A tag without its namespace: export-0.10 and older dumps use different ones."""
+    return tag.rpartition("}")[2]
+
+
+def _iter_pages(stream) -> Iterator[tuple[str, bool, bool, str]]:
+    """(title, is_article, is_redirect, wikitext) per <page>, clearing parsed pages as it goes."""
+    root, other_namespaces = None, set()
+    for event, elem in ET.iterparse(stream, events=("start", "end")):
+        if root is None:
+            root = elem
+        if event != "end":
+            continue
+        tag = _local(elem.tag)
+        if tag == "namespace" and elem.get("key") != "0" and elem.text:
+            other_namespaces.add(elem.text)
+        elif tag == "page":
+            title = elem.findtext("{*}title") or ""
+            ns = elem.findtext("{*}ns")
+            if ns is not None:
+                is_article = ns.strip() == "0"
+            else:  # very old dumps have no <ns>: the title prefix says it
+                is_article = ":" not in title or title.partition(":")[0] not in other_namespaces
+            revisions = elem.findall("{*}revision")
+            text = (revisions[-1].findtext("{*}text") if revisions else None) or ""
+            redirect = elem.find("{*}redirect") is not None
+            redirect = redirect or text.lstrip()[:9].upper() == "#REDIRECT"
+            yield title, is_article, redirect, text
+            root.clear()  # keeps memory flat over a multi-GB dump
+
+
+_DROP_LINK_PREFIXES = {"category", "file", "image", "media"}
+_LANGUAGE_LINK = re.compile(r"[a-z]{2,3}(-[a-z]+)*:")
+_MAGIC_WORD = re.compile(r"__[A-Z]+__")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def wikitext_to_text(wikitext: str) -> str:
+    """Plain text of a page: markup, templates, tables, refs, files and categories removed."""
+    import mwparserfromhell
+
+    code = mwparserfromhell.parse(wikitext)
+    drop = [t for t in code.filter_tags() if str(t.tag).strip().lower() in ("ref", "table")]
+    for link in code.filter_wikilinks():
+        title = str(link.title).strip()
+        prefix = title.partition(":")[0].strip().lower()
+        is_file_or_category = ":" in title and prefix in _DROP_LINK_PREFIXES
+        is_language_link = link.text is None and _LANGUAGE_LINK.match(title)  # [[de:Page]]
+        if is_file_or_category or is_language_link:
+            drop.append(link)
+    for node in (*code.filter_templates(), *drop):
+        with contextlib.suppress(ValueError):  # already gone with an enclosing node
+            code.remove(node)
+    text = _MAGIC_WORD.sub("", code.strip_code(normalize=True, collapse=True))
+    lines = (line.strip() for line in text.splitlines())
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+
+
+def read_wiki(source: Source, stats: ReadStats, strict: bool, **_) -> Iterator[str]:
+    """MediaWiki XML dumps (.xml, .xml.bz2): one plain-text document per article page."""
+    for path in _input_files(source, stats):
+        with open_input(path) as raw:
+            stream = _Utf8Repair(raw, path, strict)
+            try:
+                for _title, is_article, is_redirect, wikitext in _iter_pages(stream):
+                    if not is_article or is_redirect:
+                        stats.skip("wiki_namespace" if not is_article else "wiki_redirect")
+                        continue
+                    text = wikitext_to_text(wikitext)
+                    if not text:
+                        stats.skip("empty")
+                        continue
+                    stats.add(source, text)
+                    yield text
+            except CorruptInputError as e:
+                _corrupt(e, stats, strict)
+            except ET.ParseError as e:
+                _corrupt(
+                    CorruptInputError(f"{path}: malformed or truncated XML ({e})"), stats, strict
+                )
+            if stream.bad:
+                stats.bad_utf8_files += 1
+                stats.note(f"{path}: {stream.bad} invalid UTF-8 sequence(s) replaced")
+
+
+# ---------------------------------------------------------------- wet
+
+
+def read_wet(source: Source, stats: ReadStats, strict: bool, **_) -> Iterator[str]:
+    """Common Crawl WET files: one document per 'conversion' record's extracted text."""
+    from warcio.archiveiterator import ArchiveIterator
+    from warcio.exceptions import ArchiveLoadFailed
+
+    for path in _input_files(source, stats):
+        # Decompressed here rather than by warcio, which ends silently at a truncated gzip member.
+        with open_input(path) as stream:
+            try:
+                for record in ArchiveIterator(stream):
+                    if record.rec_type != "conversion":
+                        continue
+                    uri = record.rec_headers.get_header("WARC-Target-URI")
+                    payload = record.content_stream().read()
+                    if len(payload) < (record.length or 0):
+                        raise CorruptInputError(
+                            f"{path}: record {uri} is truncated "
+                            f"({len(payload)} of {record.length} bytes)"
+                        )
+                    try:
+                        text = payload.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        reason = f"not valid UTF-8 at byte {e.start}"
+                        _reject(stats, strict, f"{path}: record {uri}", reason, "bad_utf8_records")
+                        text = payload.decode("utf-8", errors="replace")
+                    if not text.strip():
+                        stats.skip("empty")
+                        continue
+                    stats.add(source, text)
+                    yield text
+            except CorruptInputError as e:
+                _corrupt(e, stats, strict)
+            except ArchiveLoadFailed as e:
+                message = f"{path}: not a valid WARC file ({str(e)[:120]})"
+                _corrupt(CorruptInputError(message), stats, strict)
+
+
+# ---------------------------------------------------------------- tfds
+
+
+def parse_tfds_spec(spec: str) -> tuple[str, str]:
+    """'NAME[/CONFIG][:SPLIT]' -> (name, split); split defaults to 'train'."""
+    name, _, split = spec.partition(":")
+    name, split = name.strip(), split.strip() or "train"
+    if not TFDS_SPEC.fullmatch(name):
+        raise ValueError(f"data.sources: tfds:{spec!r} is not tfds:NAME[/CONFIG][:SPLIT]")
+    return name, split
+
+
+def resolve_tfds_data_dir(data_dir: str | None = None) -> str:
+    """The TFDS data_dir: the argument, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+    chosen = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    return os.path.expanduser(chosen)
+
+
+def _tfds_builder(name: str, data_dir: str):
+    """The dataset's builder, found offline; FileNotFoundError saying how to prepare it if not."""
+    import tensorflow_datasets as tfds
+
+    how = (
+        f"This reader never downloads. On a machine with internet, run\n"
+        f'  python -c "import tensorflow_datasets as tfds; '
+        f"tfds.builder('{name}', data_dir='{data_dir}').download_and_prepare()\"\n"
+        f"then copy {data_dir} here (or point data.tfds_data_dir / $TFDS_DATA_DIR at it)."
+    )
+    try:
+        # try_gcs=False: never look in the public bucket; unregistered names load from files.
+        builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
+    except tfds.core.DatasetNotFoundError as e:
+        raise FileNotFoundError(
+            f"TFDS dataset {name!r} is not prepared in data_dir {data_dir} and no builder by that "
+            f"name is installed. {how}"
+        ) from e
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"TFDS dataset {name!r} is not prepared in data_dir {data_dir} "
+            f"(no {builder.data_path}). {how}"
+        )
+    return builder
+
+
+def read_tfds(
+    source: Source,
+    stats: ReadStats,
+    strict: bool,
+    tfds_data_dir: str | None = None,
+    tfds_text_field: str = "text",
+    **_,
+) -> Iterator[str]:
+    """A prepared TensorFlow Datasets split, read offline; one document per example's text."""
+    name, split = parse_tfds_spec(source.path)
+    data_dir = resolve_tfds_data_dir(tfds_data_dir)
+    builder = _tfds_builder(name, data_dir)
+    features = builder.info.features
+    if tfds_text_field not in features:
+        raise ValueError(
+            f"tfds:{name} has no feature {tfds_text_field!r} (data.tfds_text_field); "
+            f"its features are {sorted(features.keys())}"
+        )
+    for part in split.split("+"):
+        if (base := part.split("[")[0].strip()) not in builder.info.splits:
+            raise ValueError(
+                f"tfds:{name} has no split {base!r}; its splits are {sorted(builder.info.splits)}"
+            )
+    ds = builder.as_dataset(split=split, shuffle_files=False).map(lambda ex: ex[tfds_text_field])
+    for index, value in enumerate(ds.as_numpy_iterator()):
+        if not isinstance(value, bytes):
+            raise ValueError(f"tfds:{name} feature {tfds_text_field!r} is not a single text")
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            where = f"tfds:{name}:{split} example {index}"
+            _reject(stats, strict, where, f"not valid UTF-8 at byte {e.start}", "bad_utf8_records")
+            text = value.decode("utf-8", errors="replace")
+        if not text.strip():
+            stats.skip("empty")
+            continue
+        stats.add(source, text)
+        yield text

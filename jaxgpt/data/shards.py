@@ -1,0 +1,79 @@
+"""Token shards on disk: flat uint16/uint32 files, read back as one memory-mapped stream."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (half the disk and page cache), else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
+class ShardWriter:
+    """Appends token arrays to NAME-00000.bin, NAME-00001.bin, ... of at most shard_tokens each."""
+
+    def __init__(self, directory: Path, name: str, dtype: np.dtype, shard_tokens: int):
+        self.directory, self.name, self.dtype = Path(directory), name, np.dtype(dtype)
+        self.shard_tokens = shard_tokens
+        self.counts: list[int] = []
+        self._file = None
+
+    def _open_next(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file = (self.directory / f"{self.name}-{len(self.counts):05d}.bin").open("wb")
+        self.counts.append(0)
+
+    def write(self, tokens: np.ndarray) -> None:
+        tokens = np.asarray(tokens, dtype=self.dtype)
+        while len(tokens):
+            if self._file is None or self.counts[-1] >= self.shard_tokens:
+                self._open_next()
+            room = self.shard_tokens - self.counts[-1]
+            head, tokens = tokens[:room], tokens[room:]
+            head.tofile(self._file)
+            self.counts[-1] += len(head)
+
+    def close(self) -> list[dict]:
+        """Finish; returns [{"file", "tokens"}] for metadata.json (one empty shard if nothing)."""
+        if self._file is None:
+            self._open_next()
+        self._file.close()
+        return [
+            {"file": f"{self.name}-{i:05d}.bin", "tokens": n} for i, n in enumerate(self.counts)
+        ]
+
+
+class TokenStream:
+    """Several shards viewed as one token sequence; slices may cross shard boundaries."""
+
+    def __init__(self, files: Iterable[Path], dtype: np.dtype):
+        self.shards = [np.memmap(f, dtype=dtype, mode="r") for f in files if Path(f).stat().st_size]
+        self.starts = [0]
+        for shard in self.shards:
+            self.starts.append(self.starts[-1] + len(shard))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def window(self, start: int, length: int) -> np.ndarray:
+        """tokens[start : start + length] as a new array."""
+        i = bisect.bisect_right(self.starts, start) - 1
+        offset = start - self.starts[i]
+        piece = self.shards[i][offset : offset + length]
+        if len(piece) == length:
+            return np.array(piece)
+        parts, need = [piece], length - len(piece)
+        while need:
+            i += 1
+            parts.append(self.shards[i][:need])
+            need -= len(parts[-1])
+        return np.concatenate(parts)
+
+    def read_all(self) -> np.ndarray:
+        return np.concatenate([np.asarray(s) for s in self.shards]) if self.shards else np.zeros(0)
