@@ -45,6 +45,7 @@ class Summary:
     eval_loss: float | None
     eval_ppl: float | None
     median_step_ms: float | None
+    input_wait_frac: float
     checkpoint: str
     preempted: bool = False
 
@@ -207,7 +208,8 @@ def train(
     step_times: list[float] = []
     last_loss = eval_loss = eval_ppl = None
     pending: tuple[int, dict] | None = None
-    window_start, window_steps = time.perf_counter(), 0
+    window_start, window_steps, window_wait = time.perf_counter(), 0, 0.0
+    total_wait = 0.0
     started = time.perf_counter()
     step = start
     if start >= rc.train.steps:
@@ -217,8 +219,17 @@ def train(
         eval_loss = evaluate(trainer, state.params, val_local)
         eval_ppl = float(np.exp(min(eval_loss, 50.0)))
     with _Preemption() as preemption:
-        local_batches = tf_batches(batches, start, rc.train.steps)
-        for batch in prefetch(to_global, local_batches):
+        batch_iter = prefetch(to_global, tf_batches(batches, start, rc.train.steps))
+        while True:
+            # Time spent blocked here is time the device could have been busy: the input share.
+            t0 = time.perf_counter()
+            batch = next(batch_iter, None)
+            if batch is None:
+                break
+            if step > start:  # the first fetch is pipeline start-up, before any device work
+                waited = time.perf_counter() - t0
+                window_wait += waited
+                total_wait += waited
             state, step_metrics = trainer.step(state, batch, dropout_rng)
             step += 1
             window_steps += 1
@@ -228,13 +239,15 @@ def train(
             if pending is not None:
                 now = time.perf_counter()
                 seconds = (now - window_start) / window_steps
-                window_start, window_steps = now, 0
+                input_wait_frac = window_wait / max(now - window_start, 1e-9)
+                window_start, window_steps, window_wait = now, 0, 0.0
                 values = jax.device_get(pending[1])
                 tokens_per_s = tokens_per_step / seconds
                 values.update(
                     step_time_s=seconds,
                     tokens_per_s=tokens_per_s,
                     mfu=metrics_lib.mfu(fpt, tokens_per_s, jax.device_count(), peak),
+                    input_wait_frac=input_wait_frac,
                 )
                 writer.write(pending[0], values)
                 step_times.append(seconds)
@@ -246,7 +259,7 @@ def train(
             at_end = step == rc.train.steps
             if (rc.train.eval_every and step % rc.train.eval_every == 0) or at_end:
                 eval_loss, eval_ppl = run_eval(step)
-                window_start, window_steps = time.perf_counter(), 0
+                window_start, window_steps, window_wait = time.perf_counter(), 0, 0.0
             stopping = preemption.requested or step == stop_at
             ckpt.save(step, state, force=at_end or stopping)
             if stopping:
@@ -271,6 +284,7 @@ def train(
         eval_loss=eval_loss,
         eval_ppl=eval_ppl,
         median_step_ms=round(1000 * float(np.median(step_times)), 2) if step_times else None,
+        input_wait_frac=round(total_wait / max(time.perf_counter() - started, 1e-9), 4),
         checkpoint=str(ckpt.directory / str(ckpt.latest_step())),
         preempted=preemption.requested,
     )
@@ -289,7 +303,8 @@ def _print_summary(s: Summary, plot: Path | None) -> None:
         f"steps        {s.start_step} → {s.steps}"
         + ("  (stopped by SIGTERM)" if s.preempted else ""),
         f"tokens       {s.tokens:,} in {s.seconds:.1f}s ({s.tokens / max(s.seconds, 1e-9):,.0f}/s)",
-        f"step time    {fmt(s.median_step_ms, '.1f')} ms median",
+        f"step time    {fmt(s.median_step_ms, '.1f')} ms median; "
+        f"{100 * s.input_wait_frac:.1f}% of the time waiting for input",
         f"train loss   {fmt(s.final_loss, '.4f')}",
         f"val loss     {fmt(s.eval_loss, '.4f')}  (perplexity {fmt(s.eval_ppl, '.2f')})",
         f"checkpoint   {s.checkpoint}",

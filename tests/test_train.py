@@ -60,7 +60,17 @@ def test_loss_goes_down_and_outputs_are_written(small_corpus, tmp_path):
     )
     records = metrics_lib.read_metrics(workdir)
     train_lines = [r for r in records if "loss" in r]
-    for key in ("step", "loss", "lr", "grad_norm", "tokens_per_s", "step_time_s", "mfu"):
+    keys = (
+        "step",
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "step_time_s",
+        "mfu",
+        "input_wait_frac",
+    )
+    for key in keys:
         assert key in train_lines[0], key
     assert train_lines[0]["mfu"] is None  # CPU: no known peak
     first = np.mean([r["loss"] for r in train_lines[:5]])
