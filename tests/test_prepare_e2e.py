@@ -25,11 +25,12 @@ from jaxgpt.data.pipeline import TrainBatches
 from jaxgpt.data.shards import ShardWriter, TokenStream, token_dtype
 from jaxgpt.data.tokenizer import train_tokenizer
 
-WORDS = (
+_WORD_LIST = (
     "the of and river stone light harbor window morning silver garden quiet letter engine "
     "mountain paper story winter voice market bridge candle forest signal copper orchard "
     "thunder lantern meadow compass velvet anchor naïve café 東京 jalapeño über déjà"
-).split()
+)
+WORDS = _WORD_LIST.split()
 
 
 def prose(seed: int, n_words: int) -> str:
@@ -134,7 +135,9 @@ def write_wet(path: Path, records: list[tuple[str, str]]) -> Path:
 
 
 DUP_PARAGRAPH = "The Quick brown fox\njumps over the lazy dog, and the dog does not mind at all."
-DUP_VARIANT = "  the quick   BROWN fox jumps over THE lazy dog,\tand the dog does not mind at ALL.  "
+DUP_VARIANT = (
+    "  the quick   BROWN fox jumps over THE lazy dog,\tand the dog does not mind at ALL.  "
+)
 LONG_DOC = prose(1, 300)
 
 
@@ -247,7 +250,8 @@ def test_mixed_sources_bad_lines_reported(corpus, mixed):
     report = (info.path / "report.txt").read_text()
     for problem in read["problems"]:
         assert problem in report
-    assert re.search(r"bad_json_lines\s+2\b", report)
+    for counter, n in (("bad_json_lines", 2), ("missing_field_lines", 1), ("bad_utf8_lines", 1)):
+        assert re.search(counter.replace("_", "[ _]") + rf":?\s+{n}\b", report), counter
     assert "1 exact and 1 near duplicates removed; 11 documents left" in report
 
 
@@ -342,10 +346,9 @@ def test_hf_tokenizer_json(docs_dir, tmp_path):
     assert info.vocab_size == hf.get_vocab_size(with_added_tokens=True)
     assert info.tokenizer().eot_id == info.eot_id
     assert_shards_match_jsonl(info)
-    train = jsonl_texts(info.path / "train.jsonl")
-    assert info.tokens("train").read_all()[: len(hf.encode(train[0]).ids)].tolist() == (
-        hf.encode(train[0], add_special_tokens=False).ids
-    )
+    first = jsonl_texts(info.path / "train.jsonl")[0]
+    ids = hf.encode(first, add_special_tokens=False).ids
+    assert info.tokens("train").read_all()[: len(ids) + 1].tolist() == [*ids, info.eot_id]
 
 
 def test_hf_tokenizer_without_eot(docs_dir, tmp_path):
@@ -357,20 +360,68 @@ def test_hf_tokenizer_without_eot(docs_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs", "tok"]
 
 
-def test_hf_tokenizer_custom_eot_token(docs_dir, tmp_path):
-    """tokenizer_eot_token names the separator; the data dir's tokenizer then uses the same id."""
+@pytest.mark.parametrize("special", [["<|doc|>"], ["</s>", "<|doc|>"]])
+def test_hf_tokenizer_custom_eot_token(docs_dir, tmp_path, special):
+    """tokenizer_eot_token names the separator; the data dir's tokenizer then uses the same id
+    (with "</s>" also present, a by-name search would silently pick the wrong one)."""
     from tokenizers import Tokenizer
 
-    tok_path = train_hf_tokenizer(tmp_path / "tok" / "tokenizer.json", TOKENIZER_DOCS,
-                                  ["<|doc|>"])  # fmt: skip
+    tok_path = train_hf_tokenizer(tmp_path / "tok" / "tokenizer.json", TOKENIZER_DOCS, special)
     cfg = text_config(docs_dir, tokenizer_path=str(tok_path), tokenizer_eot_token="<|doc|>")
     info = prepare_dataset(cfg, tmp_path / "data", verbose=False)
     doc_id = Tokenizer.from_file(str(tok_path)).token_to_id("<|doc|>")
     assert info.eot_id == doc_id
     stream = info.tokens("train").read_all()
     assert np.count_nonzero(stream == doc_id) == info.documents["train"]
-    # What train.py and the checks below do: load the tokenizer back from the data dir.
+    # What train.py (and decoded_documents) do: load the tokenizer back from the data dir.
     assert info.tokenizer().eot_id == info.eot_id
+    assert_shards_match_jsonl(info)
+
+
+SPECIAL_DOC = "A note on tokenizers: GPT-2 ends a document with <|endoftext|> and T5 with </s>."
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "tokenizer.json"])
+def test_special_token_text_inside_a_document(tmp_path, kind):
+    """A document that merely mentions the EOT token's text is not split by it."""
+    docs = write_docs(tmp_path / "docs", [*TOKENIZER_DOCS, SPECIAL_DOC])
+    if kind == "sentencepiece":
+        tok_path = tmp_path / "tok" / "tokenizer.model"
+        tok_path.parent.mkdir()
+        train_tokenizer(TOKENIZER_DOCS, vocab_size=320).save(tok_path)
+    else:
+        tok_path = train_hf_tokenizer(tmp_path / "tok" / "tokenizer.json", TOKENIZER_DOCS,
+                                      ["<|endoftext|>", "</s>"])  # fmt: skip
+    info = prepare_dataset(
+        text_config(docs, tokenizer_path=str(tok_path)), tmp_path / "data", verbose=False
+    )
+    for split in ("train", "val"):
+        stream = info.tokens(split).read_all()
+        assert np.count_nonzero(stream == info.eot_id) == info.documents[split], split
+    assert_shards_match_jsonl(info)
+
+
+def test_hf_tokenizer_with_sparse_ids(docs_dir, tmp_path):
+    """A tokenizer.json whose ids have gaps: vocab_size covers the largest id, which is stored
+    without wrapping (uint32 here), so the shards still decode to the JSONL."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {char: i for i, char in enumerate(alphabet)}
+    vocab["e"] = 70_000  # e.g. a vocabulary trimmed of unused entries keeps the old ids
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens(["<|endoftext|>"])
+    tok_path = tmp_path / "tok" / "tokenizer.json"
+    tok_path.parent.mkdir()
+    tk.save(str(tok_path))
+    info = prepare_dataset(
+        text_config(docs_dir, tokenizer_path=str(tok_path)), tmp_path / "data", verbose=False
+    )
+    stream = info.tokens("train").read_all()
+    assert info.vocab_size > 70_000 and info.dtype == "uint32"
+    assert stream.max() == 70_000 < info.vocab_size
     assert_shards_match_jsonl(info)
 
 
@@ -517,7 +568,9 @@ def test_train_batches_processes_split_an_epoch(mixed):
             ids = global_ids[p * batch_size // 2 : (p + 1) * batch_size // 2]
             assert rows.shape == (batch_size // 2, seq_len + 1)
             for row, window, slot in zip(rows, ids, range(batch_size // 2), strict=True):
-                np.testing.assert_array_equal(row, stream.window(int(window) * seq_len, seq_len + 1))
+                np.testing.assert_array_equal(
+                    row, stream.window(int(window) * seq_len, seq_len + 1)
+                )
                 if step * batch_size + p * batch_size // 2 + slot < n:  # still epoch 0
                     owned[p].append(int(window))
     assert not set(owned[0]) & set(owned[1])

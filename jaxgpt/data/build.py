@@ -222,6 +222,7 @@ def build_dataset(cfg: DataConfig, out_dir: str | Path, verbose: bool = True) ->
     tmp.mkdir(parents=True)
     try:
         stats, sample = _write_documents(cfg, tmp, verbose)
+        timings = {"read_clean_dedup_s": time.time() - started}
         if cfg.tokenizer_path:
             tokenizer = load_tokenizer(cfg.tokenizer_path, cfg.tokenizer_eot_token)
         else:
@@ -234,6 +235,7 @@ def build_dataset(cfg: DataConfig, out_dir: str | Path, verbose: bool = True) ->
                 max_bytes=int(cfg.tokenizer_train_mb * 1e6),
             )
         del sample
+        timings["tokenizer_s"] = time.time() - started - sum(timings.values())
         tokenizer.save(tmp / type(tokenizer).filename)
         dtype = token_dtype(tokenizer.vocab_size)
         workers = cfg.workers or max(1, (os.cpu_count() or 1))
@@ -251,6 +253,7 @@ def build_dataset(cfg: DataConfig, out_dir: str | Path, verbose: bool = True) ->
                 "tokens": sum(s["tokens"] for s in shards),
                 "shards": shards,
             }
+        timings["encode_s"] = time.time() - started - sum(timings.values())
         meta = {
             "format_version": FORMAT_VERSION,
             "key": key,
@@ -265,6 +268,7 @@ def build_dataset(cfg: DataConfig, out_dir: str | Path, verbose: bool = True) ->
             "clean": dataclasses.asdict(stats.clean),
             "dedup": dataclasses.asdict(stats.dedup),
             "seconds": round(time.time() - started, 2),
+            "timings": {k: round(v, 2) for k, v in timings.items()},
         }
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
         report = format_report(stats, meta)
@@ -294,10 +298,16 @@ def format_report(stats: BuildStats, meta: dict | None) -> str:
     lines.append(
         f"read         {r.documents:,} documents, {r.bytes / 1e6:,.1f} MB from {r.files:,} files"
     )
+    if len(r.docs_by_source) > 1:
+        for spec, n in r.docs_by_source.items():
+            lines.append(f"  {n:>10,} documents from {spec}")
     for name, value in dataclasses.asdict(r).items():
-        if name not in ("documents", "bytes", "files") and value:
-            shown = value if not isinstance(value, list) else "\n               ".join(value)
-            lines.append(f"  {name:<11} {shown}")
+        skip = ("documents", "bytes", "files", "input_bytes", "docs_by_source", "bytes_by_source")
+        if name in skip or name == "problems" or not value:
+            continue
+        lines.append(f"  {name.replace('_', ' ')}: {value}")
+    for problem in r.problems:
+        lines.append(f"  ! {problem}")
     dropped = ", ".join(f"{k} {v:,}" for k, v in sorted(c.dropped.items()) if v) or "none"
     lines.append(f"clean        kept {c.documents_out:,} of {c.documents_in:,}; dropped: {dropped}")
     lines.append(
@@ -316,6 +326,12 @@ def format_report(stats: BuildStats, meta: dict | None) -> str:
     if meta:
         lines.append(
             f"tokenizer    {meta['tokenizer_file']}, vocab {meta['vocab_size']:,}, "
-            f"ids stored as {meta['dtype']}; built in {meta['seconds']:.1f}s"
+            f"ids stored as {meta['dtype']}"
+        )
+        t = meta["timings"]
+        lines.append(
+            f"time         {meta['seconds']:.1f}s: read+clean+dedup "
+            f"{t['read_clean_dedup_s']:.1f}s, tokenizer {t['tokenizer_s']:.1f}s, "
+            f"encode {t['encode_s']:.1f}s"
         )
     return "\n".join(lines)

@@ -76,6 +76,7 @@ class DatasetInfo:
     tokenizer_file: str
     shards: dict[str, list[dict]]
     documents: dict[str, int]
+    eot_token: str = ""
 
     @property
     def tokenizer_path(self) -> Path:
@@ -94,7 +95,7 @@ class DatasetInfo:
         return TokenStream([self.path / s["file"] for s in self.shards[split]], self.dtype)
 
     def tokenizer(self):
-        return load_tokenizer(self.tokenizer_path)
+        return load_tokenizer(self.tokenizer_path, self.eot_token)
 
 
 def source_fingerprint(cfg: DataConfig) -> list:
@@ -149,6 +150,7 @@ def load_dataset(path: str | Path) -> DatasetInfo:
         tokenizer_file=meta["tokenizer_file"],
         shards={split: meta["splits"][split]["shards"] for split in SPLITS},
         documents={split: meta["splits"][split]["documents"] for split in SPLITS},
+        eot_token=meta["config"].get("tokenizer_eot_token", ""),
     )
 
 

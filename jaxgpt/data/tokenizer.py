@@ -157,16 +157,19 @@ class HFTokenizer:
                 "name it with data.tokenizer.eot_token"
             )
         self._eot = found[0]
+        # Text that merely spells a special token (a document quoting "<|endoftext|>") must stay
+        # text: only the pipeline inserts EOT, between documents.
+        self.tk.encode_special_tokens = True
 
     @classmethod
     def load(cls, path: str | Path, eot_token: str = "") -> HFTokenizer:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file {path} does not exist")
-        return cls(path.read_text(), eot_token)
+        return cls(path.read_bytes().decode("utf-8"), eot_token)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.json_text)
+        Path(path).write_bytes(self.json_text.encode("utf-8"))
 
     @property
     def proto(self) -> bytes:
@@ -174,7 +177,8 @@ class HFTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return self.tk.get_vocab_size(with_added_tokens=True)
+        # Largest id + 1, not the entry count: ids may have gaps, and tables are indexed by id.
+        return max(self.tk.get_vocab(with_added_tokens=True).values()) + 1
 
     @property
     def eot_id(self) -> int:
