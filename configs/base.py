@@ -103,6 +103,14 @@ def get_config() -> ml_collections.ConfigDict:
         ("act_vocab", "tensor"),
     )
 
+    c.dist = ml_collections.ConfigDict()
+    c.dist.enabled = True  # join a multi-process job when one is configured or detected
+    c.dist.coordinator = ""  # HOST:PORT of process 0 ("" = $JAXGPT_COORDINATOR or auto-detect)
+    c.dist.num_processes = 0  # processes in the job (0 = $JAXGPT_NUM_PROCESSES)
+    c.dist.process_id = -1  # this process's index (-1 = $JAXGPT_PROCESS_ID)
+    c.dist.initialization_timeout_s = 300  # how long to wait for every process to join
+    c.dist.heartbeat_timeout_s = 100  # a process silent this long fails the whole job
+
     c.ckpt = ml_collections.ConfigDict()
     c.ckpt.every = 1000  # steps between checkpoints (one is always written at the end)
     c.ckpt.keep = 3  # checkpoints kept

@@ -12,6 +12,7 @@ from typing import Any
 import ml_collections
 
 from jaxgpt.data.dataset import DataConfig
+from jaxgpt.distributed import DistConfig
 from jaxgpt.model import GPTConfig
 from jaxgpt.optimizer import OptConfig
 from jaxgpt.sharding import MeshConfig
@@ -65,6 +66,7 @@ class RunConfig:
     train: TrainConfig
     mesh: MeshConfig
     ckpt: CkptConfig
+    dist: DistConfig = dataclasses.field(default_factory=DistConfig)
 
 
 def ensure_config_importable(config_path: str | Path) -> None:
@@ -124,6 +126,7 @@ def run_config(c: ml_collections.ConfigDict) -> RunConfig:
         train=TrainConfig(**c.train.to_dict()),
         mesh=MeshConfig(**mesh),
         ckpt=CkptConfig(**c.ckpt.to_dict()),
+        dist=DistConfig(**c.dist.to_dict()),
     )
 
 

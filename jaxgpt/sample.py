@@ -75,4 +75,8 @@ def generate(
         top_k=top_k,
         vocab_limit=vocab_limit or model.config.vocab_size,
     )
+    if not out.is_fully_addressable:  # multi-process: the result may live partly elsewhere
+        from jax.experimental import multihost_utils
+
+        out = multihost_utils.process_allgather(out, tiled=True)
     return np.asarray(out)[0, len(prompt) : len(prompt) + n_new].tolist()

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxgpt import config as config_lib
+from jaxgpt import distributed
 from jaxgpt import metrics as metrics_lib
 from jaxgpt import sharding as sharding_lib
 from jaxgpt.checkpoint import Checkpointer
@@ -125,12 +126,21 @@ def train(
             still runs to train.steps when resumed).
     """
     rc = config_lib.run_config(config)
+    distributed.initialize(rc.dist)  # before anything asks JAX about devices
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     say = print if is_main else (lambda *a, **k: None)
+    distributed.check_same_everywhere("config", config_lib.to_json(config))
 
-    data = prepare_dataset(rc.data, rc.data.path or workdir / "data", verbose=is_main)
+    # Process 0 builds the data dir; the others then find it current (shared storage) or build
+    # the identical one (local storage): building is deterministic.
+    data_dir = rc.data.path or workdir / "data"
+    if is_main:
+        data = prepare_dataset(rc.data, data_dir)
+    distributed.barrier("data prepared")
+    if not is_main:
+        data = prepare_dataset(rc.data, data_dir, verbose=False)
     gpt_cfg = config_lib.model_config(rc.model, data.vocab_size)
     mesh = sharding_lib.make_mesh(rc.mesh)
     n_batch = sharding_lib.batch_axis_size(mesh, rc.mesh.rules)
@@ -185,7 +195,7 @@ def train(
         ppl = float(np.exp(min(loss, 50.0)))
         writer.write(step, {"eval_loss": loss, "eval_ppl": ppl})
         line = f"step {step}: val loss {loss:.4f}, perplexity {ppl:.2f}"
-        if rc.train.sample_tokens and is_main:
+        if rc.train.sample_tokens:  # every process: the params are spread over all of them
             prompt = tokenizer.encode(rc.train.sample_prompt) if rc.train.sample_prompt else []
             ids = generate(
                 model,
@@ -260,7 +270,13 @@ def train(
             if (rc.train.eval_every and step % rc.train.eval_every == 0) or at_end:
                 eval_loss, eval_ppl = run_eval(step)
                 window_start, window_steps, window_wait = time.perf_counter(), 0, 0.0
-            stopping = preemption.requested or step == stop_at
+            requested = preemption.requested
+            if jax.process_count() > 1 and (step % rc.train.log_every == 0 or at_end):
+                # A collective decision, so every process saves the same step (or none does).
+                requested = preemption.requested = distributed.any_process(requested)
+            elif jax.process_count() > 1:
+                requested = False
+            stopping = requested or step == stop_at
             ckpt.save(step, state, force=at_end or stopping)
             if stopping:
                 reason = "SIGTERM" if preemption.requested else "stop_at"
