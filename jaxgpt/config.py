@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,29 @@ def describe_config_error(e: BaseException) -> str:
     if isinstance(e, AttributeError | KeyError):
         message = f"unknown config key {message}"
     return message
+
+
+def parse_command_line(
+    argv: list[str] | None, usage: str, define_flags: Callable[[], None] | None = None
+) -> ml_collections.ConfigDict:
+    """Parse `--config FILE` with `--config.a.b=v` overrides (and any flags define_flags adds);
+    exits with a readable message, not a traceback, on a missing file or unknown key."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = list(sys.argv if argv is None else argv)
+    config_path = config_path_from_argv(argv)
+    if config_path:
+        if not Path(config_path).is_file():
+            sys.exit(f"error: config file {config_path} does not exist\n{usage}")
+        ensure_config_importable(config_path)
+    config_flag = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+    if define_flags is not None:
+        define_flags()
+    try:
+        flags.FLAGS(argv)
+    except (AttributeError, KeyError, flags.Error, OSError) as e:
+        sys.exit(f"error: {describe_config_error(e)}\n{usage}")
+    if config_flag.value is None:
+        sys.exit(usage)
+    return config_flag.value

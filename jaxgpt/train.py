@@ -331,27 +331,17 @@ def _print_summary(s: Summary, plot: Path | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     from absl import flags
-    from ml_collections import config_flags
 
-    argv = list(sys.argv if argv is None else argv)
-    config_path = config_lib.config_path_from_argv(argv)
-    if config_path:
-        if not Path(config_path).is_file():
-            sys.exit(f"error: config file {config_path} does not exist")
-        config_lib.ensure_config_importable(config_path)
-    config_flag = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
-    flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config, tokenizer.")
+    usage = "usage: python -m jaxgpt.train --config configs/tiny.py --workdir DIR [--config.x=y]"
+    config = config_lib.parse_command_line(
+        argv,
+        usage,
+        lambda: flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, ..."),
+    )
+    if not flags.FLAGS.workdir:
+        sys.exit(usage)
     try:
-        flags.FLAGS(argv)
-    except (AttributeError, KeyError, flags.Error, OSError) as e:
-        sys.exit(
-            f"error: {config_lib.describe_config_error(e)}\n"
-            "usage: python -m jaxgpt.train --config FILE --workdir DIR"
-        )
-    if config_flag.value is None or not flags.FLAGS.workdir:
-        sys.exit("usage: python -m jaxgpt.train --config configs/tiny.py --workdir DIR")
-    try:
-        summary = train(config_flag.value, flags.FLAGS.workdir)
+        summary = train(config, flags.FLAGS.workdir)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     if summary.preempted:
