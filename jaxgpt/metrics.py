@@ -25,15 +25,19 @@ PEAK_FLOPS = (
 )
 
 
-def peak_flops_per_device(device: jax.Device | None = None, override: float = 0.0) -> float | None:
-    """Peak FLOP/s of one device, or None where unknown (CPUs): MFU is then reported as null."""
-    if override > 0:
-        return override
-    kind = (device or jax.devices()[0]).device_kind
+def peak_flops_for_kind(kind: str) -> float | None:
+    """Peak FLOP/s of one device of this kind (substring match), or None where unknown."""
     for name, peak in PEAK_FLOPS:
         if name.lower() in kind.lower():
             return peak
     return None
+
+
+def peak_flops_per_device(device: jax.Device | None = None, override: float = 0.0) -> float | None:
+    """Peak FLOP/s of one device, or None where unknown (CPUs): MFU is then reported as null."""
+    if override > 0:
+        return override
+    return peak_flops_for_kind((device or jax.devices()[0]).device_kind)
 
 
 def mfu(flops_per_token: float, tokens_per_s: float, n_devices: int, peak: float | None):

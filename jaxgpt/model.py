@@ -115,10 +115,16 @@ def einsum_attention(q_BTHQ: jax.Array, k_BSHQ: jax.Array, v_BSHQ: jax.Array) ->
 
 
 def attention(q_BTHQ: jax.Array, k_BSHQ: jax.Array, v_BSHQ: jax.Array, impl: str) -> jax.Array:
-    """Causal attention. "auto": the written-out form on CPU, jax.nn.dot_product_attention
-    (cuDNN flash attention where available) on accelerators."""
+    """Causal attention. "auto": the written-out form on CPU; cuDNN flash attention on GPU for
+    16-bit inputs (jax's implementation=None does not pick it by itself); XLA elsewhere."""
     if impl == "auto":
-        impl = "einsum" if jax.default_backend() == "cpu" else None
+        backend = jax.default_backend()
+        if backend == "cpu":
+            impl = "einsum"
+        elif backend == "gpu" and q_BTHQ.dtype in (jnp.bfloat16, jnp.float16):
+            impl = "cudnn"
+        else:
+            impl = None
     if impl == "einsum":
         return einsum_attention(q_BTHQ, k_BSHQ, v_BSHQ)
     return jax.nn.dot_product_attention(q_BTHQ, k_BSHQ, v_BSHQ, is_causal=True, implementation=impl)

@@ -75,6 +75,24 @@ def logical_to_shardings(logical_specs: Any, mesh: Mesh, rules: Rules) -> Any:
     return nn.logical_to_mesh_sharding(logical_specs, mesh, list(rules))
 
 
+def fit_to_shapes(shardings: Any, shapes: Any) -> Any:
+    """Leave unsplit any dimension its mesh axes do not divide (e.g. vocab 50257 over tensor=2).
+
+    jit refuses uneven shardings; replicating that one dimension keeps every other split.
+    """
+
+    def fit(sharding: NamedSharding, shape_like: Any) -> NamedSharding:
+        spec = tuple(sharding.spec) + (None,) * (len(shape_like.shape) - len(sharding.spec))
+        fitted = []
+        for dim, axes in zip(shape_like.shape, spec, strict=True):
+            names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            ways = math.prod(sharding.mesh.shape[a] for a in names)
+            fitted.append(axes if dim % ways == 0 else None)
+        return NamedSharding(sharding.mesh, PartitionSpec(*fitted))
+
+    return jax.tree.map(fit, shardings, shapes, is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
 def named(mesh: Mesh, rules: Rules, *logical: str | None) -> NamedSharding:
     """NamedSharding for an array whose dimensions have these logical names."""
     spec = nn.logical_to_mesh_axes(logical, list(rules))

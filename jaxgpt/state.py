@@ -129,7 +129,7 @@ def _in_mesh(fn: Callable, mesh: Mesh, rules: sharding_lib.Rules) -> Callable:
     return wrapped
 
 
-def _opt_state_specs(abstract_opt: Any, param_specs: dict[str, PartitionSpec], shapes) -> Any:
+def opt_state_specs(abstract_opt: Any, param_specs: dict[str, PartitionSpec], shapes) -> Any:
     """Optimizer leaves that mirror a parameter (same path suffix and shape) share its spec."""
 
     def spec(path, leaf):
@@ -155,8 +155,10 @@ def make_trainer(
     dummy = jnp.zeros((n_batch, model.config.block_size), jnp.int32)
     boxed = jax.eval_shape(lambda r: model.init(r, dummy)["params"], jax.random.key(0))
     logical = nn.get_partition_spec(boxed)
-    param_shardings = sharding_lib.logical_to_shardings(logical, mesh, rules)
     abstract_params = nn.unbox(boxed)
+    param_shardings = sharding_lib.fit_to_shapes(
+        sharding_lib.logical_to_shardings(logical, mesh, rules), abstract_params
+    )
     flat = jax.tree_util.tree_leaves_with_path(abstract_params)
     specs = {
         jax.tree_util.keystr(p): s.spec
@@ -165,7 +167,7 @@ def make_trainer(
         )
     }
     shapes = {jax.tree_util.keystr(p): leaf.shape for p, leaf in flat}
-    opt_specs = _opt_state_specs(jax.eval_shape(tx.init, abstract_params), specs, shapes)
+    opt_specs = opt_state_specs(jax.eval_shape(tx.init, abstract_params), specs, shapes)
     state_shardings = TrainState(
         step=sharding_lib.replicated(mesh),
         params=param_shardings,

@@ -102,3 +102,14 @@ def test_mesh_shape_resolution_and_errors():
     with pytest.raises(ValueError, match=r"mesh\.tensor"):
         resolve_mesh_shape(MeshConfig(-1, 1, 0), 8)
     assert batch_axis_size(make_mesh(MeshConfig(2, 2, 2, RULES)), RULES) == 4
+
+
+def test_vocab_not_divisible_by_tensor_is_replicated_not_refused():
+    """vocab 97 over tensor=2: that one dimension stays whole; everything else still splits."""
+    cfg = GPTConfig(vocab_size=97, block_size=16, n_layer=1, n_head=4, n_embd=32)
+    hist, _, state = run_steps(MeshConfig(2, 2, 2, RULES), jax.devices(), model_cfg=cfg)
+    wte = state.params["wte"]["embedding"]
+    assert wte.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
+    kernel = state.params["h_0"]["mlp"]["c_fc"]["kernel"]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    assert np.isfinite(hist[-1]["loss"])

@@ -1,0 +1,610 @@
+"""Plan a run before paying for it: memory per device, whether it fits, and how long it takes.
+
+`python -m jaxgpt.plan --config configs/xl.py --devices 64 --device_memory_gb 95`
+
+Nothing is allocated and no device need exist: parameter and optimizer shapes come from
+jax.eval_shape, shardings from the config's logical-axis rules on a jax.sharding.AbstractMesh.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import AbstractMesh, AxisType, NamedSharding, PartitionSpec
+
+from jaxgpt import config as config_lib
+from jaxgpt import metrics as metrics_lib
+from jaxgpt import sharding as sharding_lib
+from jaxgpt.model import GPT, GPTConfig, count_params, flops_per_token
+from jaxgpt.optimizer import OptConfig, make_optimizer
+from jaxgpt.state import opt_state_specs
+
+# Planned peak = estimate × (1 + HEADROOM): room for allocator fragmentation, collective
+# buffers and cuBLAS/cuDNN workspaces that no shape-based estimate sees.
+HEADROOM = 0.10
+GB = 1e9
+_is_sharding = lambda x: isinstance(x, NamedSharding)
+TIME_FORMULA = "step time = batch · T · flops_per_token / (devices · peak FLOP/s · MFU)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Activations:
+    """Per-device activation bytes of one microbatch, by kind (see activation_bytes)."""
+
+    saved_per_layer: int
+    layer_working: int
+    logits: int
+    other: int
+    n_layer: int
+
+    @property
+    def total(self) -> int:
+        return self.n_layer * self.saved_per_layer + self.layer_working + self.logits + self.other
+
+
+@dataclasses.dataclass(frozen=True)
+class StateBytes:
+    """Per-device bytes that follow from the parameter shapes and the mesh."""
+
+    params: int
+    opt: int
+    gathered: int  # FSDP: weights (and their unreduced gradients) all-gathered at once
+    uneven: tuple[str, ...] = ()  # parameters whose dimensions the mesh does not divide
+
+
+@dataclasses.dataclass(frozen=True)
+class Suggestion:
+    """A change to the config and whether the run would then fit."""
+
+    change: str
+    overrides: tuple[tuple[str, Any], ...]  # (dotted config key, value)
+    total_bytes: int
+    fits: bool
+
+    @property
+    def flags(self) -> str:
+        return " ".join(f"--config.{k}={v}" for k, v in self.overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything plan() works out; bytes are per device."""
+
+    model: GPTConfig
+    mesh: dict[str, int]
+    n_devices: int
+    device_kind: str
+    device_memory_bytes: int
+    batch_size: int
+    microbatches: int
+    batch_split: int  # ways the batch is split (mesh data × fsdp)
+    seqs_per_device: int  # of one microbatch
+    steps: int
+    n_params: int
+    n_params_no_pos: int
+    param_bytes: int
+    opt_bytes: int
+    batch_bytes: int
+    grad_bytes: int
+    grad_accum_bytes: int
+    update_bytes: int
+    gathered_bytes: int
+    activations: Activations
+    tokens_per_step: int
+    flops_per_token: float
+    peak_flops: float
+    mfu: float
+    warnings: tuple[str, ...] = ()
+    suggestions: tuple[Suggestion, ...] = ()
+
+    @property
+    def state_bytes(self) -> int:
+        """The train step's argument: parameters, optimizer state and the token batch."""
+        return self.param_bytes + self.opt_bytes + self.batch_bytes
+
+    @property
+    def temp_bytes(self) -> int:
+        """What XLA allocates inside the step (its temp_size_in_bytes)."""
+        extra = self.grad_accum_bytes + self.update_bytes + self.gathered_bytes
+        return self.grad_bytes + extra + self.activations.total
+
+    @property
+    def estimate_bytes(self) -> int:
+        return self.state_bytes + self.temp_bytes
+
+    @property
+    def total_bytes(self) -> int:
+        return round(self.estimate_bytes * (1 + HEADROOM))
+
+    @property
+    def margin_bytes(self) -> int:
+        return self.device_memory_bytes - self.total_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.margin_bytes >= 0
+
+    @property
+    def step_seconds(self) -> float:
+        flops = self.tokens_per_step * self.flops_per_token
+        return flops / (self.n_devices * self.peak_flops * self.mfu)
+
+    @property
+    def total_seconds(self) -> float:
+        return self.steps * self.step_seconds
+
+
+def resolve_model(rc: config_lib.RunConfig) -> GPTConfig:
+    """GPTConfig with the vocabulary the trainer would use (explicit or the tokenizer's target)."""
+    if rc.model["vocab_size"] == 0 and rc.data.tokenizer_vocab_size <= 0:
+        raise ValueError(
+            "model.vocab_size=0 follows the tokenizer, whose size is unknown until the data is "
+            "prepared (data.tokenizer.vocab_size=0): pass --config.model.vocab_size=N"
+        )
+    # An explicit size is checked against the real tokenizer when training starts.
+    follow = rc.model["vocab_size"] == 0
+    return config_lib.model_config(rc.model, rc.data.tokenizer_vocab_size if follow else 0)
+
+
+def abstract_mesh(shape: tuple[int, ...]) -> AbstractMesh:
+    """A mesh of this shape with no devices behind it; Auto axes, as make_mesh builds."""
+    return AbstractMesh(tuple(shape), sharding_lib.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+@functools.lru_cache(maxsize=16)
+def abstract_state(model: GPTConfig, opt: OptConfig) -> tuple[Any, Any, Any]:
+    """(param shapes, their logical specs, optimizer-state shapes), via eval_shape only."""
+    # Shapes do not depend on remat, so one trace serves every remat suggestion.
+    model = dataclasses.replace(model, remat="none")
+    tokens = jax.ShapeDtypeStruct((1, min(8, model.block_size)), jnp.int32)
+    boxed = jax.eval_shape(lambda t: GPT(model).init(jax.random.key(0), t)["params"], tokens)
+    params = nn.unbox(boxed)
+    # The schedule's length does not change the state's shapes.
+    opt_shapes = jax.eval_shape(make_optimizer(opt, 1).init, params)
+    return params, nn.get_partition_spec(boxed), opt_shapes
+
+
+def state_shardings(
+    params: Any, logical: Any, opt_shapes: Any, mesh: AbstractMesh, rules: sharding_lib.Rules
+) -> tuple[Any, Any]:
+    """Parameter and optimizer-state NamedShardings by the rules state.make_trainer uses."""
+    param_sh = sharding_lib.fit_to_shapes(
+        sharding_lib.logical_to_shardings(logical, mesh, rules), params
+    )
+    flat_sh = jax.tree_util.tree_leaves_with_path(param_sh, is_leaf=_is_sharding)
+    specs = {jax.tree_util.keystr(p): s.spec for p, s in flat_sh}
+    flat = jax.tree_util.tree_leaves_with_path(params)
+    shapes = {jax.tree_util.keystr(p): leaf.shape for p, leaf in flat}
+    opt_specs = opt_state_specs(opt_shapes, specs, shapes)
+    return param_sh, jax.tree.map(lambda s: NamedSharding(mesh, s), opt_specs)
+
+
+def shard_bytes(shape: tuple[int, ...], dtype: Any, sharding: NamedSharding) -> int:
+    """Bytes of one device's shard; an uneven split is counted padded up to whole shards."""
+    try:
+        local = sharding.shard_shape(shape)
+    except ValueError:  # IndivisibleError: jit refuses these, but the size still informs a plan
+        spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+        local = tuple(
+            -(-d // _split(sharding.mesh.shape, s)) for d, s in zip(shape, spec, strict=True)
+        )
+    return math.prod(local) * jnp.dtype(dtype).itemsize
+
+
+def tree_shard_bytes(shapes: Any, shardings: Any) -> int:
+    """Per-device bytes of a tree of ShapeDtypeStructs under a matching tree of shardings."""
+    leaves = jax.tree.leaves(shapes)
+    shs = jax.tree.leaves(shardings, is_leaf=_is_sharding)
+    return sum(shard_bytes(x.shape, x.dtype, s) for x, s in zip(leaves, shs, strict=True))
+
+
+def _split(mesh_shape: dict[str, int], axes: Any) -> int:
+    """How many ways a dimension mapped onto these mesh axes is split."""
+    if axes is None or axes is PartitionSpec.UNCONSTRAINED:
+        return 1
+    axes = (axes,) if isinstance(axes, str) else axes
+    return math.prod(mesh_shape[a] for a in axes)
+
+
+def logical_split(mesh_shape: dict[str, int], rules: sharding_lib.Rules, name: str) -> int:
+    """How many ways the rules split a dimension with this logical name."""
+    return _split(mesh_shape, dict(rules).get(name))
+
+
+@functools.lru_cache(maxsize=64)
+def state_memory(
+    model: GPTConfig, opt: OptConfig, shape: tuple[int, int, int], rules: sharding_lib.Rules
+) -> StateBytes:
+    """Per-device parameter, optimizer-state and FSDP-gathered bytes on a mesh of this shape."""
+    params, logical, opt_shapes = abstract_state(model, opt)
+    param_sh, opt_sh = state_shardings(params, logical, opt_shapes, abstract_mesh(shape), rules)
+    param_bytes = tree_shard_bytes(params, param_sh)
+    opt_bytes = tree_shard_bytes(opt_shapes, opt_sh)
+    uneven = uneven_leaves(params, param_sh)
+    fsdp = shape[sharding_lib.MESH_AXES.index("fsdp")]
+    if fsdp == 1:
+        return StateBytes(param_bytes, opt_bytes, 0, uneven)
+    # The weights as one device holds them once the fsdp axis is gathered (tensor split kept).
+    unsharded = dict(zip(sharding_lib.MESH_AXES, shape, strict=True), fsdp=1)
+    gathered_sh = sharding_lib.logical_to_shardings(
+        logical, abstract_mesh(tuple(unsharded.values())), rules
+    )
+    per_key = {k: tree_shard_bytes(params[k], gathered_sh[k]) for k in params}
+    layer = sum(v for k, v in per_key.items() if k.startswith("h")) // model.n_layer
+    # Scanned, one layer is gathered at a time (weights and unreduced gradients), plus the tied
+    # embedding. Unrolled, XLA shares each forward all-gather with the backward pass, so every
+    # gathered weight stays live through the step: why large FSDP runs want scan_layers.
+    gathered = 2 * layer + per_key["wte"] if model.scan_layers else sum(per_key.values()) + layer
+    return StateBytes(param_bytes, opt_bytes, gathered, uneven)
+
+
+def uneven_leaves(params: Any, shardings: Any) -> tuple[str, ...]:
+    """'path shape spec' of each parameter whose shape the mesh does not divide evenly."""
+    flat_sh = jax.tree.leaves(shardings, is_leaf=_is_sharding)
+    found = []
+    for (path, leaf), sh in zip(jax.tree_util.tree_leaves_with_path(params), flat_sh, strict=True):
+        try:
+            sh.shard_shape(leaf.shape)
+        except ValueError:
+            found.append(f"{jax.tree_util.keystr(path)} {leaf.shape} over {sh.spec}")
+    return tuple(found)
+
+
+def activation_bytes(
+    model: GPTConfig, seqs: int, mesh_shape: dict[str, int], rules: sharding_lib.Rules
+) -> Activations:
+    """Analytic per-device activation bytes of one microbatch of `seqs` sequences.
+
+    With b = seqs, a = bytes of model.dtype, F = 4D, P = b·H·T² attention probabilities, and
+    t_h, t_f, t_v the tensor splits of act_heads, act_mlp and act_vocab, each layer keeps:
+      none: b·T·D·a·(4 + 4/t_h) + 2·b·T·F·a/t_f + P·(4 + a')/t_h      (unrolled layers)
+            block input, ln_1 out, residual, ln_2 out; q, k, v and attention output; GELU
+            input and output; float32 softmax output plus its model.dtype cast (a' = a if
+            a < 4 else 0). XLA fuses the rest of the elementwise work away.
+      none, scan_layers: b·T·D·(3a + 24) + 4·b·T·D·a/t_h + 6·b·T·F·a/t_f + P·(9 + a)/t_h
+            the loop must store every residual autodiff names, fused or not: LayerNorm's
+            float32 intermediates, GELU's five, the causal mask and scores before softmax.
+      dots: b·T·D·a·(3 + 3/t_h) + b·T·F·a/t_f   (block input + outputs of the weight matmuls)
+      full: b·T·D·a                             (the block input only)
+    attention="cudnn" (flash) stores a float32 log-sum-exp b·H·T instead of any P term;
+    dropout > 0 adds three boolean masks 3·b·T·D to `none` (remat recomputes them).
+    On top: one layer's unrolled `none` set as the working set of the layer being
+    differentiated (re-run first under remat); the logits b·T·V/t_v in float32 with their
+    float32 gradient (and the model.dtype copy when a < 4); embedding and ln_f outputs 2·b·T·D·a.
+    """
+    c = model
+    a = jnp.dtype(c.compute_dtype).itemsize
+    cast = a if a < 4 else 0
+    t_h, t_f, t_v = (
+        logical_split(mesh_shape, rules, n) for n in ("act_heads", "act_mlp", "act_vocab")
+    )
+    bt = seqs * c.block_size
+    btd, btf = bt * c.n_embd, bt * 4 * c.n_embd
+    bhtt = seqs * c.n_head * c.block_size**2
+
+    def probs(per_element: int) -> int:
+        if c.attention == "cudnn":
+            return seqs * c.n_head * c.block_size * 4 // t_h
+        return bhtt * per_element // t_h
+
+    masks = 3 * btd if c.dropout > 0 else 0
+    unrolled = btd * a * 4 + btd * a * 4 // t_h + 2 * btf * a // t_f + probs(4 + cast) + masks
+    if c.remat == "none" and c.scan_layers:
+        saved = btd * (3 * a + 24) + 4 * btd * a // t_h + 6 * btf * a // t_f + probs(9 + a) + masks
+    elif c.remat == "none":
+        saved = unrolled
+    elif c.remat == "dots":
+        saved = btd * a * 3 + btd * a * 3 // t_h + btf * a // t_f
+    else:
+        saved = btd * a
+    logits = bt * c.vocab_size * (8 + cast) // t_v
+    return Activations(saved, unrolled, logits, 2 * btd * a, c.n_layer)
+
+
+def peak_flops_for(device_kind: str, override: float = 0.0) -> float:
+    """Peak FLOP/s of one device of this kind (metrics.PEAK_FLOPS), or the override."""
+    if override > 0:
+        return override
+    if (peak := metrics_lib.peak_flops_for_kind(device_kind)) is not None:
+        return peak
+    known = ", ".join(name for name, _ in metrics_lib.PEAK_FLOPS)
+    raise ValueError(
+        f"no peak FLOP/s known for device kind {device_kind!r} (known: {known}); "
+        "pass --peak_flops=FLOP/s per device"
+    )
+
+
+def plan(
+    config: ml_collections.ConfigDict,
+    n_devices: int,
+    device_memory_gb: float,
+    mfu: float,
+    device_kind: str,
+    peak_flops: float = 0,
+    *,
+    suggest: bool = True,
+) -> Plan:
+    """Memory per device, fit and time of the run a config describes, from shapes alone.
+
+    Args:
+        config: a config from configs/*.py (see configs/base.py).
+        n_devices: devices in the whole run; fills the mesh axis set to -1.
+        device_memory_gb: memory of one device, in 1e9 bytes.
+        mfu: model FLOPs utilization assumed for the time estimate, in (0, 1].
+        device_kind: jax's device_kind or a part of it ("H100", "TPU v5p"), for the peak.
+        peak_flops: peak FLOP/s per device; overrides the device_kind lookup when > 0.
+        suggest: when the run does not fit, also plan the changes that would cut memory.
+    """
+    if n_devices <= 0 or device_memory_gb <= 0:
+        raise ValueError("--devices and --device_memory_gb must be positive")
+    if not 0 < mfu <= 1:
+        raise ValueError(f"--mfu must be in (0, 1], got {mfu}")
+    rc = config_lib.run_config(config)
+    peak = peak_flops_for(device_kind, peak_flops)
+    result = _plan(rc, n_devices, round(device_memory_gb * GB), mfu, device_kind, peak)
+    if suggest and not result.fits:
+        result = dataclasses.replace(result, suggestions=suggestions(config, result))
+    return result
+
+
+def _plan(
+    rc: config_lib.RunConfig, n_devices: int, memory: int, mfu: float, kind: str, peak: float
+) -> Plan:
+    """The plan of a typed config, without suggestions."""
+    model = resolve_model(rc)
+    shape = sharding_lib.resolve_mesh_shape(rc.mesh, n_devices)
+    mesh_shape = dict(zip(sharding_lib.MESH_AXES, shape, strict=True))
+    n_batch = logical_split(mesh_shape, rc.mesh.rules, "batch")
+    seqs = -(-rc.train.micro_batch_size // n_batch)
+    state = state_memory(model, rc.opt, shape, rc.mesh.rules)
+    params = abstract_state(model, rc.opt)[0]
+    n_no_pos = count_params(params, exclude_positions=True)
+    to_float32 = 4 // jnp.dtype(model.weight_dtype).itemsize
+    return Plan(
+        model=model,
+        mesh=mesh_shape,
+        n_devices=n_devices,
+        device_kind=kind,
+        device_memory_bytes=memory,
+        batch_size=rc.train.batch_size,
+        microbatches=rc.train.microbatches,
+        batch_split=n_batch,
+        seqs_per_device=seqs,
+        steps=rc.train.steps,
+        n_params=count_params(params),
+        n_params_no_pos=n_no_pos,
+        param_bytes=state.params,
+        opt_bytes=state.opt,
+        batch_bytes=-(-rc.train.batch_size // n_batch) * (model.block_size + 1) * 4,
+        # Gradients have the parameters' dtype and sharding; accumulation adds a float32 sum.
+        grad_bytes=state.params,
+        grad_accum_bytes=state.params * to_float32 if rc.train.microbatches > 1 else 0,
+        # clip → Adam → decay → scale materializes about one parameter-sized update tree.
+        update_bytes=state.params,
+        gathered_bytes=state.gathered,
+        activations=activation_bytes(model, seqs, mesh_shape, rc.mesh.rules),
+        tokens_per_step=rc.train.batch_size * model.block_size,
+        flops_per_token=flops_per_token(model, n_no_pos),
+        peak_flops=peak,
+        mfu=mfu,
+        warnings=_warnings(rc.train, n_batch, state),
+    )
+
+
+def _warnings(train: config_lib.TrainConfig, n_batch: int, state: StateBytes) -> tuple[str, ...]:
+    """What the trainer would refuse, said before anyone launches it."""
+    found = []
+    micro = train.micro_batch_size
+    if micro % n_batch:
+        found.append(
+            f"train.batch_size={train.batch_size} / train.microbatches={train.microbatches} "
+            f"= {micro} sequences per microbatch is not divisible by the data-parallel size "
+            f"{n_batch} (mesh data × fsdp): the trainer will refuse it; planned with "
+            f"{-(-micro // n_batch)} per device"
+        )
+    if state.uneven:
+        found.append(
+            f"the mesh does not evenly divide {', '.join(state.uneven)}; jit refuses uneven "
+            "shardings: pad the dimension (model.vocab_size to a multiple of the split) or "
+            "change the mesh; planned with padded shards"
+        )
+    return tuple(found)
+
+
+Change = tuple[str, dict[str, Any]]  # (what it does, dotted config overrides)
+
+
+def _try(config: ml_collections.ConfigDict, p: Plan, change: Change) -> Suggestion | None:
+    """Plan the config with the change applied; None where the trainer would refuse it."""
+    changed = config_lib.override(copy.deepcopy(config), **change[1])
+    args = (p.n_devices, p.device_memory_bytes / GB, p.mfu, p.device_kind, p.peak_flops)
+    q = plan(changed, *args, suggest=False)
+    if set(q.warnings) - set(p.warnings):  # e.g. an fsdp size that does not divide a weight
+        return None
+    return Suggestion(change[0], tuple(change[1].items()), q.total_bytes, q.fits)
+
+
+def _first_fit(
+    config: ml_collections.ConfigDict, p: Plan, changes: list[Change]
+) -> Suggestion | None:
+    """The mildest change that fits, else the strongest (changes go from mild to strong)."""
+    best = None
+    for change in changes:
+        best = _try(config, p, change) or best
+        if best is not None and best.fits:
+            break
+    return best
+
+
+def _fsdp_changes(p: Plan) -> list[Change]:
+    """Move devices from the data axis to the fsdp axis: less state per device."""
+    pool = p.mesh["data"] * p.mesh["fsdp"]
+    sizes = [f for f in range(p.mesh["fsdp"] + 1, pool + 1) if pool % f == 0]
+    return [
+        (f"more FSDP (data={pool // f}, fsdp={f})", {"mesh.data": pool // f, "mesh.fsdp": f})
+        for f in sizes
+    ]
+
+
+def _microbatch_changes(p: Plan) -> list[Change]:
+    """More gradient-accumulation steps: fewer activations per device."""
+    b, n = p.batch_size, p.batch_split
+    # Only counts the trainer accepts: each microbatch splits evenly over the batch axes.
+    counts = [m for m in range(p.microbatches + 1, b + 1) if b % m == 0 and (b // m) % n == 0]
+    return [
+        (f"{m} microbatches of {b // m // n} per device", {"train.microbatches": m}) for m in counts
+    ]
+
+
+def suggestions(config: ml_collections.ConfigDict, p: Plan) -> tuple[Suggestion, ...]:
+    """Changes that cut memory, each planned: more FSDP, full remat, more microbatches."""
+    found = [_first_fit(config, p, _fsdp_changes(p))]
+    if p.model.remat != "full":
+        # With scanned layers, since XLA on CPU was seen to hoist the recomputation of
+        # unrolled remat layers back into the forward pass and save nothing.
+        remat = {"model.remat": "full", "model.scan_layers": True}
+        found.append(_try(config, p, ("rematerialized, scanned layers", remat)))
+    found.append(_first_fit(config, p, _microbatch_changes(p)))
+    found = [f for f in found if f is not None]
+    if len(found) > 1 and not any(f.fits for f in found):
+        combined = {k: v for f in found for k, v in f.overrides}
+        found.append(_try(config, p, ("all of the above together", combined)))
+    return tuple(found)
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _duration(seconds: float) -> str:
+    for unit, scale, below in (("s", 1, 120), ("min", 60, 7200), ("h", 3600, 172800)):
+        if seconds < below:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _memory_lines(p: Plan) -> list[str]:
+    c, act = p.model, p.activations
+    kept = c.n_layer * act.saved_per_layer
+    rows = [
+        (f"parameters ({c.param_dtype})", p.param_bytes),
+        ("optimizer state (Adam moments)", p.opt_bytes),
+        ("token batch", p.batch_bytes),
+        ("gradients", p.grad_bytes),
+        ("float32 gradient accumulator", p.grad_accum_bytes),
+        ("optimizer update", p.update_bytes),
+        ("FSDP-gathered weights", p.gathered_bytes),
+        (f"activations, one microbatch (remat={c.remat})", act.total),
+        (f"  kept by layers: {c.n_layer} × {_size(act.saved_per_layer)}", kept),
+        ("  layer being differentiated", act.layer_working),
+        ("  logits and their gradient (float32)", act.logits),
+        ("  embedding and ln_f outputs", act.other),
+        ("estimate", p.estimate_bytes),
+        (f"with {HEADROOM:.0%} headroom", p.total_bytes),
+    ]
+    return [f"  {name:<46} {_size(n):>10}" for name, n in rows if n or name == "estimate"]
+
+
+def _fit_lines(p: Plan) -> list[str]:
+    memory = _size(p.device_memory_bytes)
+    if p.fits:
+        lines = [f"fits: yes, {_size(p.total_bytes)} of {memory}, {_size(p.margin_bytes)} to spare"]
+        if p.total_bytes > 0.75 * p.device_memory_bytes:
+            lines.append(
+                "  note: JAX preallocates 75% of GPU memory by default; run with "
+                "XLA_PYTHON_CLIENT_MEM_FRACTION=.95"
+            )
+        return lines
+    lines = [f"fits: no, {_size(p.total_bytes)} of {memory}, {_size(-p.margin_bytes)} over"]
+    if not p.suggestions:
+        lines.append(
+            "  no more FSDP, remat or microbatches to try here: consider mesh.tensor > 1, a "
+            "smaller train.batch_size, or more devices"
+        )
+    for s in p.suggestions:
+        verdict = "fits" if s.fits else "still does not fit"
+        lines.append(f"  try {s.change}: {_size(s.total_bytes)}, {verdict}")
+        lines.append(f"      {s.flags}")
+    return lines
+
+
+def format_plan(p: Plan) -> str:
+    """The plan as the text the CLI prints."""
+    c, m = p.model, p.mesh
+    head = [
+        f"model     {p.n_params:,} parameters ({p.n_params_no_pos:,} without position "
+        f"embeddings): {c.n_layer} layers, {c.n_head} heads, width {c.n_embd}, context "
+        f"{c.block_size}, vocab {c.vocab_size}; compute {c.dtype}, params {c.param_dtype}, "
+        f"remat {c.remat}{', scanned layers' if c.scan_layers else ''}",
+        f"devices   {p.n_devices} × {p.device_kind}, {_size(p.device_memory_bytes)} each; "
+        f"mesh data={m['data']} fsdp={m['fsdp']} tensor={m['tensor']}",
+        f"batch     {p.batch_size} sequences × {c.block_size} tokens = {p.tokens_per_step:,} "
+        f"tokens/step; {p.microbatches} microbatch(es) of {p.seqs_per_device} sequences "
+        "per device",
+        *(f"warning   {w}" for w in p.warnings),
+        "memory    per device (indented rows break down activations)",
+        *_memory_lines(p),
+        *_fit_lines(p),
+    ]
+    device_hours = p.total_seconds * p.n_devices / 3600
+    time = [
+        f"compute   flops_per_token = 6·N + 12·L·H·Q·T = {p.flops_per_token:.4g} "
+        f"(N = {p.n_params_no_pos:,}); peak {p.peak_flops / 1e12:.0f} TFLOP/s per device, "
+        f"MFU {p.mfu:.0%}",
+        f"time      {TIME_FORMULA} = {_duration(p.step_seconds)}; {p.steps:,} steps = "
+        f"{_duration(p.total_seconds)} ({device_hours:,.0f} device-hours)",
+    ]
+    if c.dtype == "float32":
+        time.append("  note: model.dtype=float32 runs below the bf16 peak assumed here")
+    return "\n".join(head + time)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse flags, plan, print; bad configs and unknown keys exit non-zero with the reason."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = list(sys.argv if argv is None else argv)
+    config_path = config_lib.config_path_from_argv(argv)
+    if config_path:
+        if not Path(config_path).is_file():
+            sys.exit(f"error: config file {config_path} does not exist")
+        config_lib.ensure_config_importable(config_path)
+    config_flag = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+    flags.DEFINE_integer("devices", None, "Devices in the whole run (fills the -1 mesh axis).")
+    flags.DEFINE_float("device_memory_gb", None, "Memory of one device in GB (1e9 bytes).")
+    flags.DEFINE_string("device_kind", "H100", "Device kind for the peak FLOP/s table.")
+    flags.DEFINE_float("mfu", 0.45, "Model FLOPs utilization assumed for the time estimate.")
+    flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s per device; 0 = look up device_kind.")
+    usage = "usage: python -m jaxgpt.plan --config FILE --devices N --device_memory_gb GB"
+    try:
+        flags.FLAGS(argv)
+    except (AttributeError, KeyError, flags.Error, OSError) as e:
+        sys.exit(f"error: {config_lib.describe_config_error(e)}\n{usage}")
+    f = flags.FLAGS
+    if config_flag.value is None or f.devices is None or f.device_memory_gb is None:
+        sys.exit(usage)
+    try:
+        result = plan(
+            config_flag.value, f.devices, f.device_memory_gb, f.mfu, f.device_kind, f.peak_flops
+        )
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    print(format_plan(result))
+
+
+if __name__ == "__main__":
+    main()
