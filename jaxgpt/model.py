@@ -16,6 +16,7 @@ import functools
 import math
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -130,6 +131,49 @@ def attention(q_BTHQ: jax.Array, k_BSHQ: jax.Array, v_BSHQ: jax.Array, impl: str
     return jax.nn.dot_product_attention(q_BTHQ, k_BSHQ, v_BSHQ, is_causal=True, implementation=impl)
 
 
+@flax.struct.dataclass
+class LayerCache:
+    """One layer's keys and values for decoding: [B, S, H, Q] buffers of S = block_size.
+
+    `index` positions are filled; row b's first `pad[b]` positions are left padding that no
+    query may attend to (prompts of different lengths share one batch, right-aligned).
+    """
+
+    k_BSHQ: jax.Array
+    v_BSHQ: jax.Array
+    index: jax.Array
+    pad_B: jax.Array
+
+    def attend(self, q_BTHQ, k_BTHQ, v_BTHQ) -> tuple[jax.Array, LayerCache]:
+        """Write this step's keys/values at `index`, attend over everything filled so far."""
+        T, S, Q = q_BTHQ.shape[1], self.k_BSHQ.shape[1], q_BTHQ.shape[-1]
+        start = (0, self.index, 0, 0)
+        k_BSHQ = jax.lax.dynamic_update_slice(self.k_BSHQ, k_BTHQ.astype(self.k_BSHQ.dtype), start)
+        v_BSHQ = jax.lax.dynamic_update_slice(self.v_BSHQ, v_BTHQ.astype(self.v_BSHQ.dtype), start)
+        q_pos_T = self.index + jnp.arange(T)
+        k_pos_S = jnp.arange(S)
+        visible_BTS = (k_pos_S[None, None, :] <= q_pos_T[None, :, None]) & (
+            k_pos_S[None, None, :] >= self.pad_B[:, None, None]
+        )
+        scores_BHTS = jnp.einsum(
+            "bthq,bshq->bhts", q_BTHQ, k_BSHQ, preferred_element_type=jnp.float32
+        ) * (1.0 / Q**0.5)
+        scores_BHTS = jnp.where(visible_BTS[:, None], scores_BHTS, jnp.finfo(jnp.float32).min)
+        probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1).astype(v_BSHQ.dtype)
+        y_BTHQ = jnp.einsum("bhts,bshq->bthq", probs_BHTS, v_BSHQ)
+        return y_BTHQ.astype(q_BTHQ.dtype), self.replace(k_BSHQ=k_BSHQ, v_BSHQ=v_BSHQ)
+
+
+def init_cache(config: GPTConfig, batch: int, pad_B: jax.Array | None = None) -> list[LayerCache]:
+    """Empty per-layer caches for decoding `batch` rows (unrolled layers)."""
+    shape = (batch, config.block_size, config.n_head, config.head_dim)
+    pad_B = jnp.zeros((batch,), jnp.int32) if pad_B is None else jnp.asarray(pad_B, jnp.int32)
+    zeros = jnp.zeros(shape, config.compute_dtype)
+    return [
+        LayerCache(zeros, zeros, jnp.zeros((), jnp.int32), pad_B) for _ in range(config.n_layer)
+    ]
+
+
 class Projection(nn.Module):
     """x[..., *in_shape] · kernel[*in_shape, *out_shape] + bias[*out_shape].
 
@@ -167,7 +211,9 @@ class CausalSelfAttention(nn.Module):
     config: GPTConfig
 
     @nn.compact
-    def __call__(self, x_BTD: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(
+        self, x_BTD: jax.Array, deterministic: bool, cache: LayerCache | None = None
+    ) -> tuple[jax.Array, LayerCache | None]:
         c = self.config
         qkv_BT3HQ = Projection(
             c,
@@ -176,9 +222,12 @@ class CausalSelfAttention(nn.Module):
             ("embed", "qkv", "heads", "kv"),
             name="c_attn",
         )(x_BTD)
-        q_BTHQ, k_BSHQ, v_BSHQ = (qkv_BT3HQ[:, :, i] for i in range(3))
+        q_BTHQ, k_BTHQ, v_BTHQ = (qkv_BT3HQ[:, :, i] for i in range(3))
         q_BTHQ = _constrain(q_BTHQ, ("batch", "act_seq", "act_heads", None))
-        y_BTHQ = attention(q_BTHQ, k_BSHQ, v_BSHQ, c.attention)
+        if cache is None:
+            y_BTHQ = attention(q_BTHQ, k_BTHQ, v_BTHQ, c.attention)
+        else:
+            y_BTHQ, cache = cache.attend(q_BTHQ, k_BTHQ, v_BTHQ)
         # GPT-2 scales residual projections by 1/sqrt(2L) so the residual stream's variance
         # does not grow with depth.
         y_BTD = Projection(
@@ -189,7 +238,7 @@ class CausalSelfAttention(nn.Module):
             stddev=0.02 / (2 * c.n_layer) ** 0.5,
             name="c_proj",
         )(y_BTHQ)
-        return nn.Dropout(c.dropout)(y_BTD, deterministic=deterministic)
+        return nn.Dropout(c.dropout)(y_BTD, deterministic=deterministic), cache
 
 
 class MLP(nn.Module):
@@ -224,13 +273,17 @@ class Block(nn.Module):
     config: GPTConfig
 
     @nn.compact
-    def __call__(self, x_BTD: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(
+        self, x_BTD: jax.Array, deterministic: bool, cache: LayerCache | None = None
+    ) -> jax.Array | tuple[jax.Array, LayerCache]:
         c = self.config
-        x_BTD = x_BTD + CausalSelfAttention(c, name="attn")(
-            layer_norm(c, "ln_1")(x_BTD), deterministic
+        y_BTD, new_cache = CausalSelfAttention(c, name="attn")(
+            layer_norm(c, "ln_1")(x_BTD), deterministic, cache
         )
+        x_BTD = x_BTD + y_BTD
         x_BTD = x_BTD + MLP(c, name="mlp")(layer_norm(c, "ln_2")(x_BTD), deterministic)
-        return _constrain(x_BTD, ("batch", "act_seq", "act_embed"))
+        x_BTD = _constrain(x_BTD, ("batch", "act_seq", "act_embed"))
+        return x_BTD if cache is None else (x_BTD, new_cache)
 
 
 class ScannedBlock(nn.Module):
@@ -290,25 +343,44 @@ class GPT(nn.Module):
             self.blocks = [block_cls(c, name=f"h_{i}") for i in range(c.n_layer)]
         self.ln_f = layer_norm(c)
 
-    def __call__(self, tokens_BT: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(
+        self,
+        tokens_BT: jax.Array,
+        deterministic: bool = True,
+        caches: list[LayerCache] | None = None,
+    ) -> jax.Array | tuple[jax.Array, list[LayerCache]]:
+        """Logits [B, T, V]; with caches (decoding), also the updated caches."""
         c = self.config
         T = tokens_BT.shape[1]
         if c.block_size < T:
             raise ValueError(f"sequence length {T} exceeds model.block_size {c.block_size}")
-        x_BTD = self.wte(tokens_BT) + self.wpe(jnp.arange(T)[None, :])
+        if caches is None:
+            pos_BT = jnp.arange(T)[None, :]
+        else:
+            if c.scan_layers:
+                raise ValueError("decode with the unrolled model: see sample.unscan_params")
+            # Right-aligned prompts: row b's first real token sits at position pad[b].
+            first = caches[0]
+            pos_BT = jnp.maximum(first.index + jnp.arange(T)[None, :] - first.pad_B[:, None], 0)
+        x_BTD = self.wte(tokens_BT) + self.wpe(pos_BT)
         x_BTD = _constrain(
             self.drop(x_BTD, deterministic=deterministic), ("batch", "act_seq", "act_embed")
         )
+        new_caches = []
         if c.scan_layers:
             x_BTD, _ = self.h(x_BTD, deterministic)
-        else:
+        elif caches is None:
             for block in self.blocks:
                 x_BTD = block(x_BTD, deterministic)
+        else:
+            for block, cache in zip(self.blocks, caches, strict=True):
+                x_BTD, cache = block(x_BTD, deterministic, cache)
+                new_caches.append(cache.replace(index=cache.index + T))
         x_BTD = self.ln_f(x_BTD)
         # Tied output projection: logits in the compute dtype, then float32 for a stable softmax.
         logits_BTV = self.wte.attend(x_BTD)
-        logits_BTV = _constrain(logits_BTV, ("batch", "act_seq", "act_vocab"))
-        return logits_BTV.astype(jnp.float32)
+        logits_BTV = _constrain(logits_BTV, ("batch", "act_seq", "act_vocab")).astype(jnp.float32)
+        return logits_BTV if caches is None else (logits_BTV, new_caches)
 
 
 def count_params(params: Any, exclude_positions: bool = False) -> int:
