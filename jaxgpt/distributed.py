@@ -37,7 +37,11 @@ def _detected_cluster(env: Mapping[str, str]) -> str | None:
         return "slurm"
     if int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
         return "mpi"
-    if "," in env.get("TPU_WORKER_HOSTNAMES", ""):
+    if "," in env.get("TPU_WORKER_HOSTNAMES", ""):  # TPUs under GKE
+        return "tpu"
+    # Cloud TPU VMs: JAX reads the slice from the metadata server; on a single-host slice
+    # initialize() just yields one process.
+    if env.get("TPU_ACCELERATOR_TYPE") or env.get("TPU_NAME") or os.path.exists("/dev/accel0"):
         return "tpu"
     return None
 

@@ -273,7 +273,10 @@ def train(
             requested = preemption.requested
             if jax.process_count() > 1 and (step % rc.train.log_every == 0 or at_end):
                 # A collective decision, so every process saves the same step (or none does).
-                requested = preemption.requested = distributed.any_process(requested)
+                # SIGTERM may arrive during the collective: only ever raise the flag here.
+                requested = distributed.any_process(requested)
+                if requested:
+                    preemption.requested = True
             elif jax.process_count() > 1:
                 requested = False
             stopping = requested or step == stop_at
