@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from jaxgpt.model import GPTConfig
+from jaxgpt.workdir import restore_params
 
 # Shape letters as in model.py, plus P positions (block_size); "3D" means 3·D. HF GPT-2 keeps
 # Conv1D weights as (in, out), the layout of our kernels, so every entry is a rename plus a
@@ -300,43 +301,6 @@ def workdir_config(workdir: str | Path) -> tuple[GPTConfig, dict[str, Any]]:
     run = json.loads(path.read_text())
     names = {f.name for f in dataclasses.fields(GPTConfig)}
     return GPTConfig(**{k: v for k, v in run["model"].items() if k in names}), run
-
-
-def restore_params(workdir: str | Path, step: int | None = None) -> tuple[dict[str, Any], int]:
-    """Just the params of a checkpoint (latest by default), as numpy arrays on the host."""
-    import jax
-    import orbax.checkpoint as ocp
-
-    directory = Path(workdir).resolve() / "checkpoints"
-    if not directory.is_dir():
-        raise FileNotFoundError(f"no checkpoints in {directory}")
-    manager = ocp.CheckpointManager(
-        directory,
-        item_handlers=ocp.PyTreeCheckpointHandler(),
-        options=ocp.CheckpointManagerOptions(create=False),
-    )
-    try:
-        steps = manager.all_steps()
-        if not steps:
-            raise FileNotFoundError(f"no checkpoints in {directory}")
-        step = max(steps) if step is None else step
-        if step not in steps:
-            raise FileNotFoundError(f"no checkpoint for step {step} in {directory} (have {steps})")
-        tree = manager.item_metadata(step)
-        shapes = getattr(tree, "tree", tree)["params"]
-        # Restoring as numpy skips the optimizer state and the training run's device layout.
-        numpy_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), shapes)
-        restored = manager.restore(
-            step,
-            args=ocp.args.PyTreeRestore(
-                item={"params": jax.tree.map(lambda m: np.zeros((), m.dtype), shapes)},
-                restore_args={"params": numpy_args},
-                partial_restore=True,
-            ),
-        )
-    finally:
-        manager.close()
-    return restored["params"], step
 
 
 def _workdir_tokenizer(workdir: Path, run: dict[str, Any]):

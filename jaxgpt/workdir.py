@@ -32,6 +32,40 @@ class Run:
         return self.model.config
 
 
+def restore_params(workdir: str | Path, step: int | None = None) -> tuple[dict[str, Any], int]:
+    """Just the params of a checkpoint (latest by default), as numpy arrays on the host."""
+    directory = Path(workdir).resolve() / "checkpoints"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no checkpoints in {directory}")
+    manager = ocp.CheckpointManager(
+        directory,
+        item_handlers=ocp.PyTreeCheckpointHandler(),
+        options=ocp.CheckpointManagerOptions(create=False),
+    )
+    try:
+        steps = manager.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoints in {directory}")
+        step = max(steps) if step is None else step
+        if step not in steps:
+            raise FileNotFoundError(f"no checkpoint for step {step} in {directory} (have {steps})")
+        tree = manager.item_metadata(step)
+        shapes = getattr(tree, "tree", tree)["params"]
+        # Restoring as numpy skips the optimizer state and the training run's device layout.
+        numpy_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), shapes)
+        restored = manager.restore(
+            step,
+            args=ocp.args.PyTreeRestore(
+                item={"params": jax.tree.map(lambda m: np.zeros((), m.dtype), shapes)},
+                restore_args={"params": numpy_args},
+                partial_restore=True,
+            ),
+        )
+    finally:
+        manager.close()
+    return restored["params"], step
+
+
 def load_run(workdir: str | Path, step: int | None = None) -> Run:
     """Config from config.json, params from the latest (or given) checkpoint, the tokenizer."""
     path = Path(workdir)
@@ -43,23 +77,7 @@ def load_run(workdir: str | Path, step: int | None = None) -> Run:
         )
     config = json.loads(config_path.read_text())
     model_cfg = config_lib.model_config(config["model"], config["model"]["vocab_size"])
-    manager = ocp.CheckpointManager(
-        path.resolve() / "checkpoints", item_handlers=ocp.StandardCheckpointHandler()
-    )
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {path / 'checkpoints'}; train first")
-    # Restore onto this process's first device whatever mesh the run was trained on: the
-    # target tree (from the checkpoint's own metadata) tells Orbax the shapes and placement.
-    metadata = manager.item_metadata(step)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device),
-        getattr(metadata, "tree", metadata),
-        is_leaf=lambda m: hasattr(m, "shape"),
-    )
-    state = manager.restore(step, args=ocp.args.StandardRestore(target))
-    params = jax.tree.map(np.asarray, state["params"])
+    params, step = restore_params(path, step)
     tokenizer_files = [path / n for n in ("tokenizer.json", "tokenizer.model")]
     tokenizer_file = next((f for f in tokenizer_files if f.is_file()), None)
     if tokenizer_file is None:
