@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_inputs import write_docs
 
 from jaxgpt.data import sources as sources_lib
 from jaxgpt.data.pipeline import TrainBatches, eval_windows, prefetch
@@ -54,13 +55,6 @@ def test_parse_sources_needs_path_and_something(spec):
         sources_lib.parse_sources(spec)
 
 
-def write_docs(folder: Path, texts: list[str]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, text in enumerate(texts):
-        (folder / f"doc_{i:02d}.txt").write_text(text)
-    return folder
-
-
 def read(spec: str, **kwargs) -> tuple[list[str], sources_lib.ReadStats]:
     stats = sources_lib.ReadStats()
     docs = list(sources_lib.iter_documents(sources_lib.parse_sources(spec), stats, **kwargs))
@@ -85,7 +79,7 @@ def test_text_split_file_and_blank_line(tmp_path):
 def test_text_source_glob(tmp_path):
     """A glob selects matching files only."""
     folder = write_docs(tmp_path / "docs", ["first", "second", "third"])
-    docs, _ = read(f"text:{folder}/doc_0[02].txt")
+    docs, _ = read(f"text:{folder}/doc_00[02].txt")
     assert docs == ["first", "third"]
 
 

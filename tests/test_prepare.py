@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_inputs import decoded_documents, jsonl_texts, write_docs
 
 from jaxgpt.data.build import prepare_dataset, split_documents
 from jaxgpt.data.clean import CleanConfig, clean_text
@@ -18,13 +19,6 @@ from jaxgpt.data.dataset import DataConfig, dataset_key, load_dataset
 from jaxgpt.data.pipeline import TrainBatches, tf_batches
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def write_docs(folder: Path, texts: list[str]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, text in enumerate(texts):
-        (folder / f"doc_{i:03d}.txt").write_text(text)
-    return folder
 
 
 @pytest.fixture
@@ -54,19 +48,6 @@ def data_config(docs: Path, **overrides) -> DataConfig:
         sources=f"text:{docs}", tokenizer_model_type="char", tokenizer_vocab_size=0, workers=1
     )
     return DataConfig(**{**settings, **overrides})
-
-
-def decoded_documents(info, split: str) -> list[str]:
-    """The split's shards cut at EOT and decoded, in order."""
-    tok = info.tokenizer()
-    stream = info.tokens(split).read_all()
-    assert stream[-1] == info.eot_id
-    cuts = np.flatnonzero(stream == info.eot_id)
-    return [tok.decode(part[:-1]) for part in np.split(stream, cuts + 1)[:-1]]
-
-
-def jsonl_texts(path: Path) -> list[str]:
-    return [json.loads(line)["text"] for line in path.read_text().splitlines()]
 
 
 @pytest.mark.parametrize("model_type", ["char", "bpe"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import random
 import re
@@ -17,6 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_inputs import (
+    WIKI_TEXTS,
+    decoded_documents,
+    jsonl_texts,
+    wiki_xml,
+    write_docs,
+    write_wet,
+)
 
 from jaxgpt.data.build import build_dataset, prepare_dataset
 from jaxgpt.data.clean import CleanConfig, clean_text
@@ -42,19 +49,6 @@ def prose(seed: int, n_words: int) -> str:
     return " ".join(words).replace("\n ", "\n")
 
 
-def decoded_documents(info, split: str) -> list[str]:
-    """The split's shards cut at EOT and decoded, in order."""
-    tok = info.tokenizer()
-    stream = info.tokens(split).read_all()
-    assert stream[-1] == info.eot_id
-    cuts = np.flatnonzero(stream == info.eot_id)
-    return [tok.decode(part[:-1]) for part in np.split(stream, cuts + 1)[:-1]]
-
-
-def jsonl_texts(path: Path) -> list[str]:
-    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
-
-
 def assert_shards_match_jsonl(info) -> None:
     for split in ("train", "val"):
         assert decoded_documents(info, split) == jsonl_texts(info.path / f"{split}.jsonl"), split
@@ -62,76 +56,7 @@ def assert_shards_match_jsonl(info) -> None:
 
 # ---------------------------------------------------------------- inputs of every kind
 
-WIKI_PAGES = [
-    # (title, ns, redirect, wikitext)
-    (
-        "Ada Lovelace",
-        0,
-        False,
-        "{{Infobox person|name=Ada|birth={{birth date|1815|12|10}}}}\n"
-        "'''Ada Lovelace''' was an ''English'' [[mathematician]] and [[Writer|writer]]."
-        '<ref name="b">{{cite book |title=Ada |year=1990}}</ref> She worked on the '
-        "[[Analytical Engine]].<ref>A plain reference.</ref>\n"
-        "__TOC__\n== Early life ==\n"
-        "She was born in [[London]] &amp; raised there.<!-- hidden -->\n"
-        "[[File:Ada.jpg|thumb|Portrait of [[Ada Lovelace|Ada]]]]\n"
-        '{| class="wikitable"\n|-\n! Year !! Event\n|-\n| 1815 || Born\n|}\n'
-        "* an item with [https://example.com an external link]\n"
-        "<references />\n[[Category:Mathematicians]]\n[[de:Ada Lovelace]]\n",
-    ),
-    ("Countess Lovelace", 0, True, "#REDIRECT [[Ada Lovelace]]"),
-    ("Talk:Ada Lovelace", 1, False, "This talk page is not an article."),
-    ("Stub", 0, False, "{{stub}}\n[[Category:Empty]]"),
-    ("Second", 0, False, "A '''second''' article &lt;with&gt; entities."),
-]
-WIKI_TEXTS = [
-    "Ada Lovelace was an English mathematician and writer. She worked on the Analytical "
-    "Engine.\n\nEarly life\nShe was born in London & raised there.\n\nan item with an "
-    "external link",
-    "A second article <with> entities.",
-]
 WIKI_MARKUP = ("{{", "}}", "[[", "]]", "'''", "''", "<ref", "==", "__TOC__", "Category:", "{|")
-
-
-def wiki_xml(pages=WIKI_PAGES) -> bytes:
-    """A MediaWiki export-0.10 dump of pages, laid out as real dumps are."""
-    out = [
-        '<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" version="0.10" '
-        'xml:lang="en">\n  <siteinfo>\n    <sitename>Wikipedia</sitename>\n    <namespaces>\n'
-        '      <namespace key="0" case="first-letter" />\n'
-        '      <namespace key="1" case="first-letter">Talk</namespace>\n'
-        "    </namespaces>\n  </siteinfo>\n"
-    ]
-    escape = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-    for i, (title, ns, redirect, text) in enumerate(pages):
-        body = "".join(escape.get(c, c) for c in text)
-        out.append(
-            f"  <page>\n    <title>{title}</title>\n    <ns>{ns}</ns>\n    <id>{i + 1}</id>\n"
-            + ('    <redirect title="Ada Lovelace" />\n' if redirect else "")
-            + f"    <revision>\n      <id>{100 + i}</id>\n      <model>wikitext</model>\n"
-            f'      <text bytes="{len(text)}" xml:space="preserve">{body}</text>\n'
-            "    </revision>\n  </page>\n"
-        )
-    return ("".join(out) + "</mediawiki>\n").encode()
-
-
-def write_wet(path: Path, records: list[tuple[str, str]]) -> Path:
-    """A gzipped WET file as Common Crawl writes it: warcinfo, then conversion records."""
-    from warcio.warcwriter import WARCWriter
-
-    with open(path, "wb") as fh:
-        writer = WARCWriter(fh, gzip=True)
-        info = {"software": "jaxgpt-test", "description": "tiny WET"}
-        writer.write_record(writer.create_warcinfo_record(path.name, info))
-        for uri, text in records:
-            record = writer.create_warc_record(
-                uri,
-                "conversion",
-                payload=io.BytesIO(text.encode()),
-                warc_headers_dict={"Content-Type": "text/plain"},
-            )
-            writer.write_record(record)
-    return path
 
 
 DUP_PARAGRAPH = "The Quick brown fox\njumps over the lazy dog, and the dog does not mind at all."
@@ -286,13 +211,6 @@ TOKENIZER_DOCS = [prose(100 + i, 80) for i in range(12)] + [
     CODE_DOC,
     "\tTabs\tand  double  spaces, Ünïcödé 東京 🙂 and emoji.\n\n  Indented second line.",
 ]
-
-
-def write_docs(folder: Path, texts: list[str]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, text in enumerate(texts):
-        (folder / f"doc_{i:03d}.txt").write_text(text, encoding="utf-8")
-    return folder
 
 
 def train_hf_tokenizer(path: Path, texts: list[str], special: list[str]) -> Path:

@@ -7,13 +7,13 @@ offline.
 
 import bz2
 import gzip
-import io
 import json
 import re
 from pathlib import Path
 
 import pytest
 import zstandard
+from data_inputs import WIKI_PAGES, WIKI_TEXTS, wiki_xml, write_wet
 
 from jaxgpt.data import readers
 from jaxgpt.data import sources as sources_lib
@@ -182,59 +182,6 @@ def test_corrupt_gzip_is_named(tmp_path):
 
 # ---------------------------------------------------------------- wiki
 
-WIKI_PAGES = [
-    # (title, ns, redirect, wikitext)
-    (
-        "Ada Lovelace",
-        0,
-        False,
-        "{{Infobox person|name=Ada|birth={{birth date|1815|12|10}}}}\n"
-        "'''Ada Lovelace''' was an ''English'' [[mathematician]] and [[Writer|writer]]."
-        '<ref name="b">{{cite book |title=Ada |year=1990}}</ref> She worked on the '
-        "[[Analytical Engine]].<ref>A plain reference.</ref>\n"
-        "__TOC__\n== Early life ==\n"
-        "She was born in [[London]] &amp; raised there.<!-- hidden -->\n"
-        "[[File:Ada.jpg|thumb|Portrait of [[Ada Lovelace|Ada]]]]\n"
-        '{| class="wikitable"\n|-\n! Year !! Event\n|-\n| 1815 || Born\n|}\n'
-        "* an item with [https://example.com an external link]\n"
-        "<references />\n[[Category:Mathematicians]]\n[[de:Ada Lovelace]]\n",
-    ),
-    ("Countess Lovelace", 0, True, "#REDIRECT [[Ada Lovelace]]"),
-    ("Talk:Ada Lovelace", 1, False, "This talk page is not an article."),
-    ("Stub", 0, False, "{{stub}}\n[[Category:Empty]]"),
-    ("Second", 0, False, "A '''second''' article &lt;with&gt; entities."),
-]
-WIKI_TEXTS = [
-    "Ada Lovelace was an English mathematician and writer. She worked on the Analytical "
-    "Engine.\n\nEarly life\nShe was born in London & raised there.\n\nan item with an "
-    "external link",
-    "A second article <with> entities.",
-]
-
-
-def wiki_xml(pages=WIKI_PAGES, text_bytes: bytes = b"") -> bytes:
-    """A MediaWiki export-0.10 dump of pages, as real dumps lay it out."""
-    out = [
-        '<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" '
-        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" version="0.10" xml:lang="en">\n'
-        "  <siteinfo>\n    <sitename>Wikipedia</sitename>\n    <namespaces>\n"
-        '      <namespace key="0" case="first-letter" />\n'
-        '      <namespace key="1" case="first-letter">Talk</namespace>\n'
-        "    </namespaces>\n  </siteinfo>\n"
-    ]
-    escape = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-    for i, (title, ns, redirect, text) in enumerate(pages):
-        body = "".join(escape.get(c, c) for c in text)
-        out.append(
-            f"  <page>\n    <title>{title}</title>\n    <ns>{ns}</ns>\n    <id>{i + 1}</id>\n"
-            + ('    <redirect title="Ada Lovelace" />\n' if redirect else "")
-            + f"    <revision>\n      <id>{100 + i}</id>\n      <model>wikitext</model>\n"
-            f'      <text bytes="{len(text)}" xml:space="preserve">{body}</text>\n'
-            "    </revision>\n  </page>\n"
-        )
-    xml = "".join(out).encode()
-    return xml.replace(b"raised there", b"raised there" + text_bytes) + b"</mediawiki>\n"
-
 
 @pytest.mark.parametrize("suffix", [".xml", ".xml.bz2"])
 def test_wiki_dump(tmp_path, suffix):
@@ -296,29 +243,10 @@ WET_RECORDS = [
 ]
 
 
-def write_wet(path: Path, records=WET_RECORDS, gzip_records: bool = True) -> Path:
-    """A WET file as Common Crawl writes it: a warcinfo record, then conversion records."""
-    from warcio.warcwriter import WARCWriter
-
-    with open(path, "wb") as fh:
-        writer = WARCWriter(fh, gzip=gzip_records)
-        info = {"software": "jaxgpt-test", "description": "tiny WET"}
-        writer.write_record(writer.create_warcinfo_record(path.name, info))
-        for uri, payload in records:
-            record = writer.create_warc_record(
-                uri,
-                "conversion",
-                payload=io.BytesIO(payload),
-                warc_headers_dict={"Content-Type": "text/plain"},
-            )
-            writer.write_record(record)
-    return path
-
-
 @pytest.mark.parametrize("name", ["crawl.warc.wet.gz", "crawl.warc.wet"])
 def test_wet(tmp_path, name):
     """Each conversion record is a document; bad UTF-8 is replaced and counted per record."""
-    path = write_wet(tmp_path / name, gzip_records=name.endswith(".gz"))
+    path = write_wet(tmp_path / name, WET_RECORDS, gzip_records=name.endswith(".gz"))
     docs, stats = read(f"wet:{path}")
     assert docs == [
         "First page text.\nSecond line of page a.\n",
