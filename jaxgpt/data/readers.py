@@ -243,11 +243,8 @@ def read_jsonl(
                     text = _jsonl_text(line, f"{path}:{lineno}", jsonl_field, stats, strict)
                     if text is None:
                         continue
-                    if not text.strip():
-                        stats.skip("empty")
-                        continue
-                    stats.add(source, text)
-                    yield text
+                    if stats.accept(source, text):
+                        yield text
             except CorruptInputError as e:
                 _corrupt(e, stats, strict)
 
@@ -324,11 +321,8 @@ def read_wiki(source: Source, stats: ReadStats, strict: bool, **_) -> Iterator[s
                         stats.skip("wiki_namespace" if not is_article else "wiki_redirect")
                         continue
                     text = wikitext_to_text(wikitext)
-                    if not text:
-                        stats.skip("empty")
-                        continue
-                    stats.add(source, text)
-                    yield text
+                    if stats.accept(source, text):
+                        yield text
             except CorruptInputError as e:
                 _corrupt(e, stats, strict)
             except ET.ParseError as e:
@@ -368,11 +362,8 @@ def read_wet(source: Source, stats: ReadStats, strict: bool, **_) -> Iterator[st
                         reason = f"not valid UTF-8 at byte {e.start}"
                         _reject(stats, strict, f"{path}: record {uri}", reason, "bad_utf8_records")
                         text = payload.decode("utf-8", errors="replace")
-                    if not text.strip():
-                        stats.skip("empty")
-                        continue
-                    stats.add(source, text)
-                    yield text
+                    if stats.accept(source, text):
+                        yield text
             except CorruptInputError as e:
                 _corrupt(e, stats, strict)
             except ArchiveLoadFailed as e:
@@ -457,8 +448,5 @@ def read_tfds(
             where = f"tfds:{name}:{split} example {index}"
             _reject(stats, strict, where, f"not valid UTF-8 at byte {e.start}", "bad_utf8_records")
             text = value.decode("utf-8", errors="replace")
-        if not text.strip():
-            stats.skip("empty")
-            continue
-        stats.add(source, text)
-        yield text
+        if stats.accept(source, text):
+            yield text

@@ -74,6 +74,14 @@ class ReadStats:
         self.docs_by_source[source.spec] = self.docs_by_source.get(source.spec, 0) + 1
         self.bytes_by_source[source.spec] = self.bytes_by_source.get(source.spec, 0) + size
 
+    def accept(self, source: Source, doc: str) -> bool:
+        """Count doc as read if it holds any text (else as skipped, "empty"); say which."""
+        if not doc.strip():
+            self.skip("empty")
+            return False
+        self.add(source, doc)
+        return True
+
     def skip(self, reason: str) -> None:
         """Count one document left out on purpose."""
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
