@@ -4,7 +4,7 @@
 # here. JAX finds the coordinator and the process ids itself from the TPU VM metadata.
 #
 # Usage: launch/tpu_pod.sh [--dry-run] [--stop] [--] [TRAIN ARGS...]
-#   WORKDIR=gs://my-bucket/runs/medium ACCELERATOR=v5p-32 launch/tpu_pod.sh --config.mesh.fsdp=-1
+#   WORKDIR=/mnt/shared/runs/medium ACCELERATOR=v5p-32 launch/tpu_pod.sh --config.mesh.fsdp=-1
 #
 #   --dry-run  print the gcloud commands instead of running them (gcloud is not needed)
 #   --stop     send SIGTERM to the trainers on all workers; returns once they have checkpointed
@@ -25,7 +25,7 @@ SPOT=${SPOT:-0}                      # 1 = Spot capacity: cheaper, may be preemp
 QUEUED=${QUEUED:-0}                  # 1 = request through a queued resource (waits for capacity)
 BEST_EFFORT=${BEST_EFFORT:-0}        # with QUEUED=1: the older best-effort tier (gcloud alpha)
 CONFIG=${CONFIG:-configs/medium.py}  # config path inside the repository
-WORKDIR=${WORKDIR:-}                 # required: gs://BUCKET/PATH, written by all workers
+WORKDIR=${WORKDIR:-}                 # required: a path every worker mounts (Filestore, gcsfuse)
 DATA_DIR=${DATA_DIR-jaxgpt-data}     # data dir on every worker (under ~), prepared first; "" = WORKDIR/data
 REPO_URL=${REPO_URL:-}               # git URL the workers clone; empty = copy this checkout
 GIT_REF=${GIT_REF:-}                 # branch or tag to clone; empty = the default branch
@@ -77,11 +77,10 @@ if [ -z "$VERSION" ]; then
     *) die "no default TPU software version for ACCELERATOR=$ACCELERATOR: set VERSION" ;;
   esac
 fi
-[ "$STOP" = 1 ] || [ -n "$WORKDIR" ] || die "set WORKDIR=gs://BUCKET/PATH (shared by all workers)"
+[ "$STOP" = 1 ] || [ -n "$WORKDIR" ] || die "set WORKDIR=PATH on storage every worker mounts"
 case "$WORKDIR" in
-  gs://* | "") ;;
-  *) log "warning: WORKDIR=$WORKDIR is not a gs:// path; on a multi-host slice every worker" \
-    "must see the same workdir" ;;
+  gs://*) die "WORKDIR=$WORKDIR: jaxgpt does not write to gs:// directly yet; mount the bucket" \
+    "(Cloud Storage FUSE) or a Filestore share at the same path on every worker and give that" ;;
 esac
 if [ "$DETACH" = 1 ] && [ "$DELETE" = 1 ]; then die "DETACH=1 and DELETE=1 do not go together"; fi
 if [ "$DRY_RUN" != 1 ] && ! command -v gcloud >/dev/null; then

@@ -94,7 +94,7 @@ TPU_SETTINGS = {
     "ZONE": "us-east5-a",
     "PROJECT": "proj",
     "CONFIG": "configs/small.py",
-    "WORKDIR": "gs://bucket/run",
+    "WORKDIR": "/mnt/shared/run",
     "POLL_S": "0",
 }
 GC = ["--zone=us-east5-a", "--project=proj"]
@@ -140,7 +140,7 @@ def test_tpu_dry_run_prints_commands_and_calls_nothing(tmp_path):
         '-m jaxgpt.prepare --config configs/small.py --config.data.path="$HOME"/jaxgpt-data' in out
     )
     assert (
-        "-m jaxgpt.train --config configs/small.py --workdir gs://bucket/run "
+        "-m jaxgpt.train --config configs/small.py --workdir /mnt/shared/run "
         '--config.data.path="$HOME"/jaxgpt-data '
         "--config.train.steps=7 --config.train.sample_prompt=it\\'\\''s"
     ) in out
@@ -204,7 +204,7 @@ def test_tpu_dry_run_clone_and_data_dir(tmp_path):
         '-m jaxgpt.prepare --config configs/small.py --config.data.path="$HOME"/data/owt '
         "--config.data.sources=stdlib --config.train.steps=3'"
     ) in out
-    assert '--workdir gs://bucket/run --config.data.path="$HOME"/data/owt' in out
+    assert '--workdir /mnt/shared/run --config.data.path="$HOME"/data/owt' in out
     # DATA_DIR set empty: no prepare step, the trainer's default (WORKDIR/data)
     r, _ = _tpu(tmp_path, "--dry-run", DATA_DIR="", **TPU_SETTINGS)
     assert r.returncode == 0, r.stderr
@@ -219,6 +219,9 @@ def test_tpu_settings_are_checked(tmp_path):
     assert r.returncode == 2 and "v5litepod-32" in r.stderr
     r, _ = _tpu(tmp_path, "--dry-run", DETACH="1", DELETE="1", **TPU_SETTINGS)
     assert r.returncode == 2
+    # The trainer writes its workdir with plain file I/O: a bucket URL would become a local dir.
+    r, _ = _tpu(tmp_path, "--dry-run", **{**TPU_SETTINGS, "WORKDIR": "gs://bucket/run"})
+    assert r.returncode == 2 and "Cloud Storage FUSE" in r.stderr
 
 
 def test_tpu_stop_dry_run(tmp_path):
@@ -269,7 +272,7 @@ def test_tpu_run_with_stub_gcloud(tmp_path, checkout):
         assert ssh[4:6] == ["jx", "--worker=all"] and ssh[-2:] == GC
     train = calls[6][6]
     assert train.startswith("--command=cd ")
-    assert "-m jaxgpt.train --config configs/small.py --workdir gs://bucket/run" in train
+    assert "-m jaxgpt.train --config configs/small.py --workdir /mnt/shared/run" in train
     assert train.endswith("--config.train.steps=7")
     # the code shipped is what git sees: tracked and untracked files, not ignored ones
     with tarfile.open(tmp_path / "gcloud.jsonl.tgz") as tar:
