@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from jaxgpt.model import GPTConfig
-from jaxgpt.workdir import restore_params
+from jaxgpt.workdir import restore_params, workdir_config
 
 # Shape letters as in model.py, plus P positions (block_size); "3D" means 3·D. HF GPT-2 keeps
 # Conv1D weights as (in, out), the layout of our kernels, so every entry is a rename plus a
@@ -291,16 +291,6 @@ def import_hf(path: str | Path, **overrides: Any) -> tuple[GPTConfig, dict[str, 
     import jax
 
     return cfg, jax.tree.map(lambda a: np.asarray(a, cfg.weight_dtype), params)
-
-
-def workdir_config(workdir: str | Path) -> tuple[GPTConfig, dict[str, Any]]:
-    """The resolved GPTConfig of a training run, and its whole config.json."""
-    path = Path(workdir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: is {workdir} a jaxgpt workdir?")
-    run = json.loads(path.read_text())
-    names = {f.name for f in dataclasses.fields(GPTConfig)}
-    return GPTConfig(**{k: v for k, v in run["model"].items() if k in names}), run
 
 
 def _workdir_tokenizer(workdir: Path, run: dict[str, Any]):

@@ -66,17 +66,22 @@ def restore_params(workdir: str | Path, step: int | None = None) -> tuple[dict[s
     return restored["params"], step
 
 
-def load_run(workdir: str | Path, step: int | None = None) -> Run:
-    """Config from config.json, params from the latest (or given) checkpoint, the tokenizer."""
-    path = Path(workdir)
-    config_path = path / "config.json"
+def workdir_config(workdir: str | Path) -> tuple[GPTConfig, dict[str, Any]]:
+    """The resolved GPTConfig of a training run, and its whole config.json."""
+    config_path = Path(workdir) / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(
-            f"{path} is not a jaxgpt workdir ({config_path} is missing); "
+            f"{workdir} is not a jaxgpt workdir ({config_path} is missing); "
             "give the --workdir of a training run"
         )
     config = json.loads(config_path.read_text())
-    model_cfg = config_lib.model_config(config["model"], config["model"]["vocab_size"])
+    return config_lib.model_config(config["model"], config["model"]["vocab_size"]), config
+
+
+def load_run(workdir: str | Path, step: int | None = None) -> Run:
+    """Config from config.json, params from the latest (or given) checkpoint, the tokenizer."""
+    path = Path(workdir)
+    model_cfg, config = workdir_config(path)
     params, step = restore_params(path, step)
     tokenizer_files = [path / n for n in ("tokenizer.json", "tokenizer.model")]
     tokenizer_file = next((f for f in tokenizer_files if f.is_file()), None)

@@ -382,7 +382,8 @@ def test_cli(trained_workdir, tmp_path, capsys):
     assert config["dtype"] == "bfloat16" and config["model_type"] == "gpt2"
     with pytest.raises(SystemExit, match="onnx is not yet supported"):
         main(["--workdir", str(trained_workdir), "--out", str(tmp_path / "x"), "--format", "onnx"])
-    with pytest.raises(SystemExit, match=r"error: .*config\.json does not exist"):
+    not_a_run = r"error: .*nowhere is not a jaxgpt workdir .*config\.json is missing"
+    with pytest.raises(SystemExit, match=not_a_run):
         main(["--workdir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")])
     with pytest.raises(SystemExit, match=r"no checkpoint for step 7 .*have \[.*20\]"):
         main(["--workdir", str(trained_workdir), "--out", str(tmp_path / "z"), "--step", "7"])
