@@ -48,7 +48,7 @@ def evaluate_stream(run, tokens: np.ndarray, batch_size: int = 8) -> tuple[float
     if n_windows == 0:
         raise ValueError(f"{len(tokens)} tokens is less than one window of {T + 1}")
     windows = np.stack([tokens[i * T : i * T + T + 1] for i in range(n_windows)]).astype(np.int32)
-    loss_fn = jax.jit(lambda p, b: next_token_loss(p, run.model, b, None) * b[:, 1:].size)
+    loss_fn = jax.jit(lambda p, b: next_token_loss(p, run.model, b, None, 1.0))
     total = 0.0
     for start in range(0, n_windows, batch_size):
         total += float(loss_fn(run.params, jnp.asarray(windows[start : start + batch_size])))

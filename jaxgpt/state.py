@@ -25,11 +25,34 @@ class TrainState:
     opt_state: Any
 
 
+def split_targets(tokens_BT1: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(inputs [B, T], targets [B, T], loss weights [B, T] float32) of a batch of windows.
+
+    A negative entry -(t+1) is token t that is not trained on as a target (weight 0): the prompt
+    and padding of supervised fine-tuning examples (see data/sft.py). Plain text has none, so
+    every target has weight 1. One int array carries both, through tf.data, sharding and
+    microbatching unchanged.
+    """
+    weights_BT = (tokens_BT1[:, 1:] >= 0).astype(jnp.float32)
+    tokens_BT1 = jnp.where(tokens_BT1 < 0, -tokens_BT1 - 1, tokens_BT1)
+    return tokens_BT1[:, :-1], tokens_BT1[:, 1:], weights_BT
+
+
+def loss_weight(tokens_BT1: jax.Array) -> jax.Array:
+    """How many targets of the batch count (float32 scalar, at least 1 to keep division safe)."""
+    return jnp.maximum(jnp.sum(tokens_BT1[:, 1:] >= 0, dtype=jnp.float32), 1.0)
+
+
 def next_token_loss(
-    params: Any, model: GPT, tokens_BT1: jax.Array, rng: jax.Array | None
+    params: Any,
+    model: GPT,
+    tokens_BT1: jax.Array,
+    rng: jax.Array | None,
+    denominator: jax.Array | None = None,
 ) -> jax.Array:
-    """Mean cross-entropy (float32) of predicting tokens[:, 1:] from tokens[:, :-1]."""
-    inputs_BT, targets_BT = tokens_BT1[:, :-1], tokens_BT1[:, 1:]
+    """Cross-entropy (float32) of predicting tokens[:, 1:] from tokens[:, :-1], summed over the
+    weighted targets and divided by `denominator` (default: their count, i.e. the mean)."""
+    inputs_BT, targets_BT, weights_BT = split_targets(tokens_BT1)
     deterministic = rng is None
     logits_BTV = model.apply(
         {"params": params},
@@ -40,7 +63,9 @@ def next_token_loss(
     losses_BT = optax.softmax_cross_entropy_with_integer_labels(
         logits_BTV.astype(jnp.float32), targets_BT
     )
-    return losses_BT.mean()
+    if denominator is None:
+        denominator = loss_weight(tokens_BT1)
+    return jnp.sum(losses_BT * weights_BT) / denominator
 
 
 def train_step(
@@ -57,9 +82,13 @@ def train_step(
     """One optimizer step on the global batch, accumulating gradients over microbatches."""
     rng = jax.random.fold_in(rng, state.step)
     grad_fn = jax.value_and_grad(next_token_loss)
+    # Every microbatch divides by the whole batch's target count, so the summed losses and
+    # gradients are the batch mean even when microbatches hold different numbers of targets.
+    denominator = loss_weight(tokens_BT1)
 
     def micro(i, tokens):
-        return grad_fn(state.params, model, tokens, jax.random.fold_in(rng, i) if dropout else None)
+        dropout_rng = jax.random.fold_in(rng, i) if dropout else None
+        return grad_fn(state.params, model, tokens, dropout_rng, denominator)
 
     if microbatches == 1:
         loss, grads = micro(0, tokens_BT1)
@@ -78,13 +107,10 @@ def train_step(
             grad_sum = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_sum, grads)
             return (loss_sum + loss, grad_sum), None
 
-        (loss_sum, grad_sum), _ = jax.lax.scan(
+        (loss, grad_sum), _ = jax.lax.scan(
             body, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(microbatches), tokens_KMT1)
         )
-        loss = loss_sum / microbatches
-        grads = jax.tree.map(
-            lambda g, p: (g / microbatches).astype(p.dtype), grad_sum, state.params
-        )
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grad_sum, state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
@@ -92,7 +118,10 @@ def train_step(
 
 
 def eval_step(params: Any, tokens_BT1: jax.Array, *, model: GPT) -> jax.Array:
-    return next_token_loss(params, model, tokens_BT1, None)
+    """[summed loss, number of targets] of a batch, so batches combine into an exact mean."""
+    return jnp.stack(
+        [next_token_loss(params, model, tokens_BT1, None, 1.0), loss_weight(tokens_BT1)]
+    )
 
 
 @dataclasses.dataclass

@@ -74,12 +74,13 @@ class _Preemption:
 
 
 def evaluate(trainer: Trainer, params: Any, windows: np.ndarray) -> float:
-    """Mean loss over fixed validation windows [N, B, T+1]."""
-    losses = [
+    """Mean loss per target over fixed validation windows [N, B, T+1]."""
+    sums = [
         trainer.eval(params, sharding_lib.global_batch(batch, trainer.batch_sharding))
         for batch in windows
     ]
-    return float(np.mean(jax.device_get(losses)))
+    loss_sum, count = np.sum(jax.device_get(sums), axis=0)
+    return float(loss_sum / count)
 
 
 def _local_rows(batch: np.ndarray) -> np.ndarray:
