@@ -20,6 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.remat = "none"  # rematerialization per block: none | full | dots
     c.model.scan_layers = False  # one scanned block instead of L unrolled ones (faster compile)
     c.model.attention = "auto"  # dot_product_attention implementation: auto | xla | cudnn
+    c.model.loss_chunk = 0  # output projection + cross-entropy over chunks of this many tokens,
+    # so the [batch, seq, vocab] logits are never whole in memory; 0 = all at once
 
     c.data = ml_collections.ConfigDict()
     # Comma list of kind:path (path may be a glob): text:, jsonl:, tfds:NAME[/CONFIG][:SPLIT],

@@ -42,6 +42,7 @@ class GPTConfig:
     remat: str = "none"
     scan_layers: bool = False
     attention: str = "auto"
+    loss_chunk: int = 0  # tokens per chunk of the output projection + loss (0 = all at once)
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
