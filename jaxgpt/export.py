@@ -3,7 +3,9 @@
 `python -m jaxgpt.export --workdir runs/tiny --out runs/tiny/hf` writes a folder that
 `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` load
 offline: config.json, model.safetensors, generation_config.json, tokenizer.json and
-tokenizer_config.json.
+tokenizer_config.json. With `--format onnx` the folder holds model.onnx (input_ids → logits,
+dynamic batch and sequence; see jaxgpt/export_onnx.py), config.json and the same tokenizer files;
+that path needs the [onnx] extra.
 """
 
 from __future__ import annotations
@@ -354,19 +356,26 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m jaxgpt.export",
-        description="Export a jaxgpt training run as a Hugging Face GPT-2 folder.",
+        description="Export a jaxgpt training run as a Hugging Face GPT-2 folder or ONNX model.",
     )
     parser.add_argument("--workdir", required=True, help="training run directory")
     parser.add_argument("--out", required=True, help="folder to write")
-    parser.add_argument("--format", default="hf", choices=("hf", "onnx"))
+    parser.add_argument(
+        "--format", default="hf", choices=("hf", "onnx"), help="onnx needs the [onnx] extra"
+    )
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
     args = parser.parse_args(argv)
     if args.format == "onnx":
-        sys.exit(
-            "error: --format onnx is not yet supported. Export with --format hf, then convert "
-            "that folder with an ONNX exporter (e.g. optimum's `optimum-cli export onnx`)."
-        )
+        # Imported here: torch and onnx load only when this format is asked for.
+        from jaxgpt.export_onnx import export_onnx
+
+        try:
+            path, diff = export_onnx(args.workdir, args.out, args.dtype, args.step)
+        except (FileNotFoundError, ValueError, ModuleNotFoundError) as e:
+            sys.exit(f"error: {e}")
+        print(f"wrote {path} (onnxruntime vs jaxgpt: max |logit diff| {diff:.1e}) and tokenizer")
+        return
     try:
         out = export_hf(args.workdir, args.out, args.dtype, args.step)
     except (FileNotFoundError, ValueError) as e:
