@@ -1,0 +1,247 @@
+"""Jitted prefill and one-token decode steps over a fixed set of batch slots.
+
+The model's own `LayerCache` keeps one fill index for the whole batch, so all of its rows must
+start together. Continuous batching needs rows that joined at different steps to decode side by
+side, so this module keeps its own cache (`RowCache`) with one index per row. `GPT.__call__`
+only reads `index` and `pad_B` from the first cache and calls `attend` on each, so the model runs
+on it unchanged.
+
+Shapes are bucketed so the number of compiles is bounded and all of them happen at startup:
+prefill at (rows, prompt length) in powers of two, the decode step at powers of two of the
+highest busy slot.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgpt.model import GPT, GPTConfig
+from jaxgpt.sample import pick_tokens, unscan_params
+
+# Most rows one prefill call takes; more arrivals are prefilled in several calls. Caps the
+# number of prefill shapes compiled at startup.
+PREFILL_ROWS = 8
+# Top alternatives returned with every token (OpenAI's completions allow logprobs <= 5).
+TOP_LOGPROBS = 5
+
+
+@flax.struct.dataclass
+class RowCache:
+    """One layer's keys and values for decoding, with a fill index per row ([B, 1]).
+
+    Positions up to `index[b]` of row b hold its tokens (left-aligned, from position 0); later
+    positions are stale and never attended to, so a freed slot needs no clearing.
+    """
+
+    k_BSHQ: jax.Array
+    v_BSHQ: jax.Array
+    index: jax.Array  # [B, 1] int32: GPT.__call__ adds arange(T) to it for position ids
+    pad_B: jax.Array  # always 0: rows are left-aligned (kept for GPT.__call__'s position ids)
+
+    @classmethod
+    def empty(cls, config: GPTConfig, batch: int, length: int) -> RowCache:
+        # Separate buffers for k and v: the slots are donated, and a buffer may be donated once.
+        zeros = lambda: jnp.zeros(
+            (batch, length, config.n_head, config.head_dim), config.compute_dtype
+        )
+        index = jnp.zeros((batch, 1), jnp.int32)
+        return cls(zeros(), zeros(), index, jnp.zeros((batch,), jnp.int32))
+
+    def attend(self, q_BTHQ, k_BTHQ, v_BTHQ) -> tuple[jax.Array, RowCache]:
+        """Write this step's keys/values at each row's index, attend over its filled part."""
+        T, S, Q = q_BTHQ.shape[1], self.k_BSHQ.shape[1], q_BTHQ.shape[-1]
+        at_row = jax.vmap(lambda buf, new, i: jax.lax.dynamic_update_slice(buf, new, (i, 0, 0)))
+        start_B = self.index[:, 0]
+        k_BSHQ = at_row(self.k_BSHQ, k_BTHQ.astype(self.k_BSHQ.dtype), start_B)
+        v_BSHQ = at_row(self.v_BSHQ, v_BTHQ.astype(self.v_BSHQ.dtype), start_B)
+        q_pos_BT = self.index + jnp.arange(T)[None, :]
+        visible_BTS = jnp.arange(S)[None, None, :] <= q_pos_BT[:, :, None]
+        scores_BHTS = jnp.einsum(
+            "bthq,bshq->bhts", q_BTHQ, k_BSHQ, preferred_element_type=jnp.float32
+        ) * (1.0 / Q**0.5)
+        scores_BHTS = jnp.where(visible_BTS[:, None], scores_BHTS, jnp.finfo(jnp.float32).min)
+        probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1).astype(v_BSHQ.dtype)
+        y_BTHQ = jnp.einsum("bhts,bshq->bthq", probs_BHTS, v_BSHQ)
+        return y_BTHQ.astype(q_BTHQ.dtype), self.replace(k_BSHQ=k_BSHQ, v_BSHQ=v_BSHQ)
+
+
+@flax.struct.dataclass
+class Slots:
+    """Everything the decode step needs per slot, kept on the device between steps."""
+
+    caches: list[RowCache]
+    token_B: jax.Array  # the last token drawn: the next step's input
+    t_B: jax.Array  # how many tokens the row has drawn (the step-key index)
+    key_B2: jax.Array  # raw uint32 key data of the row's key (fold_in(key(seed), choice))
+    temperature_B: jax.Array
+    top_k_B: jax.Array
+    top_p_B: jax.Array
+
+
+def _pick(logits_BV, key_B2, t_B, slots_like: Slots, vocab_limit: int):
+    """Tokens as sample.pick_tokens draws them, plus their log-probabilities and the top few."""
+    keys_B = jax.vmap(jax.random.fold_in)(jax.random.wrap_key_data(key_B2), t_B)
+    s = slots_like
+    token_B = pick_tokens(logits_BV, keys_B, s.temperature_B, s.top_k_B, s.top_p_B, vocab_limit)
+    V = logits_BV.shape[-1]
+    logp_BV = jax.nn.log_softmax(jnp.where(jnp.arange(V) < vocab_limit, logits_BV, -jnp.inf))
+    chosen_B = jnp.take_along_axis(logp_BV, token_B[:, None], axis=-1)[:, 0]
+    top_lp_BK, top_id_BK = jax.lax.top_k(logp_BV, min(TOP_LOGPROBS, vocab_limit))
+    return token_B, chosen_B, top_id_BK, top_lp_BK
+
+
+@functools.partial(jax.jit, static_argnames=("model", "vocab_limit"), donate_argnums=(1,))
+def _prefill(params, slots: Slots, tokens_bP, len_b, slot_b, new: Slots, *, model, vocab_limit):
+    """Run the prompts, draw each row's first token, and move the rows into their slots.
+
+    Padding rows carry slot index B (past the end), so their writes are dropped.
+    """
+    b, P = tokens_bP.shape
+    caches = [RowCache.empty(model.config, b, P) for _ in range(model.config.n_layer)]
+    logits_bPV, caches = model.apply({"params": params}, tokens_bP, caches=caches)
+    last_bV = logits_bPV[jnp.arange(b), len_b - 1]
+    t_b = jnp.zeros((b,), jnp.int32)
+    token_b, *info = _pick(last_bV, new.key_B2, t_b, new, vocab_limit)
+
+    put = lambda full, part: full.at[slot_b].set(part, mode="drop")
+    moved = [
+        big.replace(
+            k_BSHQ=big.k_BSHQ.at[slot_b, :P].set(small.k_BSHQ, mode="drop"),
+            v_BSHQ=big.v_BSHQ.at[slot_b, :P].set(small.v_BSHQ, mode="drop"),
+            index=put(big.index, len_b[:, None]),
+        )
+        for big, small in zip(slots.caches, caches, strict=True)
+    ]
+    slots = Slots(
+        caches=moved,
+        token_B=put(slots.token_B, token_b),
+        t_B=put(slots.t_B, t_b + 1),
+        key_B2=put(slots.key_B2, new.key_B2),
+        temperature_B=put(slots.temperature_B, new.temperature_B),
+        top_k_B=put(slots.top_k_B, new.top_k_B),
+        top_p_B=put(slots.top_p_B, new.top_p_B),
+    )
+    return slots, (token_b, *info)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "rows", "vocab_limit"), donate_argnums=(1,))
+def _step(params, slots: Slots, *, model, rows, vocab_limit):
+    """One token for the first `rows` slots (busy or not: a free slot's output is ignored)."""
+    sub = jax.tree.map(lambda x: x[:rows], slots)
+    logits_B1V, caches = model.apply({"params": params}, sub.token_B[:, None], caches=sub.caches)
+    token_B, *info = _pick(logits_B1V[:, 0], sub.key_B2, sub.t_B, sub, vocab_limit)
+    # Free slots keep stepping; pin their index inside the buffer (a busy row never gets there).
+    last = model.config.block_size - 1
+    caches = [c.replace(index=jnp.minimum(c.index, last)) for c in caches]
+    sub = sub.replace(caches=caches, token_B=token_B, t_B=sub.t_B + 1)
+    slots = jax.tree.map(lambda full, part: full.at[:rows].set(part), slots, sub)
+    return slots, (token_B, *info)
+
+
+def _powers_of_two(lo: int, hi: int) -> list[int]:
+    """lo, 2·lo, 4·lo, ... below hi, then hi itself."""
+    sizes, size = [], lo
+    while size < hi:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, hi]
+
+
+def bucket(n: int, sizes: list[int]) -> int:
+    """The smallest size that holds n."""
+    return next(s for s in sizes if s >= n)
+
+
+class Decoder:
+    """The device side of the engine: `max_batch` slots, prefill into them, step them all."""
+
+    def __init__(self, model: GPT, params: Any, vocab_limit: int, max_batch: int):
+        params, model = unscan_params(params, model)
+        self.model, self.params = model, jax.device_put(params)
+        self.config = model.config
+        self.vocab_limit = vocab_limit
+        self.max_batch = max_batch
+        self.step_sizes = _powers_of_two(1, max_batch)
+        self.prefill_sizes = _powers_of_two(1, min(PREFILL_ROWS, max_batch))
+        self.prompt_sizes = _powers_of_two(min(16, self.config.block_size), self.config.block_size)
+        self.slots = self._empty(max_batch)
+
+    def _empty(self, batch: int) -> Slots:
+        c = self.config
+        return Slots(
+            caches=[RowCache.empty(c, batch, c.block_size) for _ in range(c.n_layer)],
+            token_B=jnp.zeros((batch,), jnp.int32),
+            t_B=jnp.zeros((batch,), jnp.int32),
+            key_B2=jnp.zeros((batch, 2), jnp.uint32),
+            temperature_B=jnp.zeros((batch,), jnp.float32),
+            top_k_B=jnp.zeros((batch,), jnp.int32),
+            top_p_B=jnp.ones((batch,), jnp.float32),
+        )
+
+    def prefill(
+        self,
+        prompts: list[list[int]],
+        slots: list[int],
+        keys: np.ndarray,
+        temperature: list[float],
+        top_k: list[int],
+        top_p: list[float],
+    ) -> tuple[np.ndarray, ...]:
+        """Start up to PREFILL_ROWS rows in the given slots.
+
+        Returns (token, logprob, top ids, top logprobs) per row, as numpy arrays.
+        """
+        n = len(prompts)
+        b = bucket(n, self.prefill_sizes)
+        P = bucket(max(map(len, prompts)), self.prompt_sizes)
+        tokens = np.zeros((b, P), np.int32)
+        lens = np.ones((b,), np.int32)
+        for i, p in enumerate(prompts):
+            tokens[i, : len(p)] = p
+            lens[i] = len(p)
+        pad = lambda values, fill, dtype: np.array(list(values) + [fill] * (b - n), dtype)
+        new = Slots(
+            caches=[],
+            token_B=np.zeros((b,), np.int32),
+            t_B=np.zeros((b,), np.int32),
+            key_B2=np.concatenate([keys, np.zeros((b - n, 2), np.uint32)]).astype(np.uint32),
+            temperature_B=pad(temperature, 0.0, np.float32),
+            top_k_B=pad(top_k, 0, np.int32),
+            top_p_B=pad(top_p, 1.0, np.float32),
+        )
+        self.slots, out = _prefill(
+            self.params, self.slots, tokens, lens, pad(slots, self.max_batch, np.int32), new,
+            model=self.model, vocab_limit=self.vocab_limit,
+        )  # fmt: skip
+        return tuple(np.asarray(x)[:n] for x in out)
+
+    def step(self, busy_rows: int) -> tuple[np.ndarray, ...]:
+        """One token for every slot below busy_rows (rounded up to a compiled size)."""
+        rows = bucket(busy_rows, self.step_sizes)
+        self.slots, out = _step(
+            self.params, self.slots, model=self.model, rows=rows, vocab_limit=self.vocab_limit
+        )
+        return tuple(np.asarray(x) for x in out)
+
+    def warm_up(self) -> int:
+        """Compile every prefill and step shape now (rows go to no slot); returns the count."""
+        count = 0
+        for b in self.prefill_sizes:
+            for P in self.prompt_sizes:
+                n = b
+                self.prefill(
+                    [[0] * P] * n, [self.max_batch] * n, np.zeros((n, 2), np.uint32),
+                    [0.0] * n, [0] * n, [1.0] * n,
+                )  # fmt: skip
+                count += 1
+        for rows in self.step_sizes:
+            self.step(rows)
+            count += 1
+        self.slots = self._empty(self.max_batch)
+        return count

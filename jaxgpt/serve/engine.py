@@ -1,0 +1,260 @@
+"""The batching engine: one thread that owns the decoder and runs continuous batching.
+
+Requests become rows (one per prompt × sample). Rows wait in a bounded FIFO; between decode
+steps the thread moves waiting rows into free slots (one prefill per group), then runs one
+decode step for every busy slot and hands each row's new text to its request. A row leaves its
+slot as soon as it ends (end-of-text, a stop string, max_tokens or a cancel), and a waiting row
+takes the slot at the next step: requests never wait for a whole batch to finish.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from jaxgpt.sample import row_keys
+from jaxgpt.serve.decoder import PREFILL_ROWS, Decoder
+from jaxgpt.serve.text import TextStream
+
+log = logging.getLogger("jaxgpt.serve")
+
+
+class QueueFullError(Exception):
+    """The wait queue has no room for the request's rows."""
+
+
+class ShuttingDownError(Exception):
+    """The engine takes no new requests."""
+
+
+@dataclasses.dataclass
+class TokenLogprob:
+    """A drawn token, its log-probability and the most likely alternatives (id, logprob)."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclasses.dataclass
+class Event:
+    """New output of one choice; finish_reason is set on its last event."""
+
+    index: int
+    text: str
+    n_tokens: int
+    logprobs: list[TokenLogprob]
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+@dataclasses.dataclass
+class Job:
+    """One request: its prompts (token ids), sampling settings and where its events go.
+
+    Choice i = prompt_index * n + sample_index draws with fold_in(key(seed), i), as
+    `python -m jaxgpt.generate` numbers its rows, so the texts match it for the same seed.
+    """
+
+    prompts: list[list[int]]
+    n: int
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    stop: list[str]
+    seed: int
+    logprobs: bool
+    emit: Callable[[Event], None]
+    cancelled: bool = False
+
+    @property
+    def n_choices(self) -> int:
+        return len(self.prompts) * self.n
+
+
+@dataclasses.dataclass
+class Row:
+    """One choice of a job, decoding in a slot or waiting for one."""
+
+    job: Job
+    index: int
+    prompt: list[int]
+    key: np.ndarray  # uint32[2] raw key data
+    text: TextStream
+    generated: int = 0
+    slot: int = -1
+
+
+class Engine:
+    """Owns the decoder; `submit` and `cancel` may be called from any thread."""
+
+    def __init__(
+        self,
+        decoder: Decoder,
+        tokenizer,
+        max_queue: int,
+        on_step: Callable[[int, float], None] | None = None,
+        step_delay: float = 0.0,
+    ):
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+        self.eot_id = tokenizer.eot_id
+        self.max_queue = max_queue
+        self.on_step = on_step  # (busy rows, seconds) after each decode step, for metrics
+        self.step_delay = step_delay  # pacing for tests and demos; 0 in production
+        self._cv = threading.Condition()
+        self._waiting: collections.deque[Row] = collections.deque()
+        self._busy: dict[int, Row] = {}
+        self._free = list(range(decoder.max_batch))
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="jaxgpt-engine", daemon=True)
+
+    @property
+    def n_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def n_busy(self) -> int:
+        return len(self._busy)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish what was submitted (callers stop submitting first), then end the thread."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join(timeout)
+
+    def submit(self, job: Job) -> None:
+        """Queue a job's rows; raises QueueFullError or ShuttingDownError instead of waiting."""
+        keys = np.asarray(jax.random.key_data(row_keys(jax.random.key(job.seed), job.n_choices)))
+        rows = [
+            Row(
+                job,
+                i,
+                job.prompts[i // job.n],
+                keys[i],
+                TextStream(self.tokenizer.decode, job.stop),
+            )
+            for i in range(job.n_choices)
+        ]
+        with self._cv:
+            if self._stopping:
+                raise ShuttingDownError("the server is shutting down")
+            if len(self._waiting) + len(rows) > self.max_queue:
+                raise QueueFullError(
+                    f"the queue is full ({len(self._waiting)} choices waiting, limit "
+                    f"{self.max_queue}); retry later"
+                )
+            self._waiting.extend(rows)
+            self._cv.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Stop decoding a job's rows (the client went away); their slots free at the next step."""
+        with self._cv:
+            job.cancelled = True
+            self._cv.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._waiting or self._busy or self._stopping):
+                    self._cv.wait()
+                self._drop_cancelled()
+                if self._stopping and not self._waiting and not self._busy:
+                    return
+                admitted = self._admit()
+            try:
+                for i in range(0, len(admitted), PREFILL_ROWS):
+                    self._prefill(admitted[i : i + PREFILL_ROWS])
+                if self._busy:
+                    self._step()
+            except Exception as e:  # a failed step must not hang its requests
+                log.exception("decode step failed")
+                self._fail_all(f"decoding failed: {type(e).__name__}: {e}")
+            if self.step_delay:
+                time.sleep(self.step_delay)
+
+    def _drop_cancelled(self) -> None:
+        self._waiting = collections.deque(r for r in self._waiting if not r.job.cancelled)
+        for row in list(self._busy.values()):
+            if row.job.cancelled:
+                self._release(row)
+
+    def _admit(self) -> list[Row]:
+        """Waiting rows into free slots, lowest slots first so the step stays small."""
+        admitted = []
+        while self._waiting and self._free:
+            row = self._waiting.popleft()
+            row.slot = heapq.heappop(self._free)
+            self._busy[row.slot] = row
+            admitted.append(row)
+        return admitted
+
+    def _release(self, row: Row) -> None:
+        with self._cv:  # re-entrant use from _drop_cancelled is fine: Condition wraps an RLock
+            del self._busy[row.slot]
+            heapq.heappush(self._free, row.slot)
+
+    def _prefill(self, rows: list[Row]) -> None:
+        jobs = [r.job for r in rows]
+        out = self.decoder.prefill(
+            [r.prompt for r in rows],
+            [r.slot for r in rows],
+            np.stack([r.key for r in rows]),
+            [j.temperature for j in jobs],
+            [j.top_k for j in jobs],
+            [j.top_p for j in jobs],
+        )
+        for i, row in enumerate(rows):
+            self._advance(row, *(x[i] for x in out))
+
+    def _step(self) -> None:
+        start = time.perf_counter()
+        rows = list(self._busy.values())
+        out = self.decoder.step(max(self._busy) + 1)
+        for row in rows:
+            self._advance(row, *(x[row.slot] for x in out))
+        if self.on_step:
+            self.on_step(len(rows), time.perf_counter() - start)
+
+    def _advance(self, row: Row, token, logprob, top_ids, top_logprobs) -> None:
+        """Hand one drawn token to its row: release text, end the row when it is done."""
+        token = int(token)
+        job = row.job
+        if job.cancelled:
+            return
+        if token == self.eot_id:
+            self._finish(row, Event(row.index, row.text.finish(), 0, [], "stop"))
+            return
+        row.generated += 1
+        piece, stopped = row.text.push(token)
+        info = []
+        if job.logprobs:
+            top = [(int(t), float(lp)) for t, lp in zip(top_ids, top_logprobs, strict=True)]
+            info = [TokenLogprob(token, float(logprob), top)]
+        if stopped:
+            self._finish(row, Event(row.index, piece, 1, info, "stop"))
+        elif row.generated >= job.max_tokens:
+            self._finish(row, Event(row.index, piece + row.text.finish(), 1, info, "length"))
+        else:
+            job.emit(Event(row.index, piece, 1, info))
+
+    def _finish(self, row: Row, event: Event) -> None:
+        self._release(row)
+        row.job.emit(event)
+
+    def _fail_all(self, message: str) -> None:
+        for row in list(self._busy.values()):
+            self._finish(row, Event(row.index, "", 0, [], "error", error=message))

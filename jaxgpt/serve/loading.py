@@ -1,0 +1,78 @@
+"""The model to serve, from a training workdir or an exported Hugging Face GPT-2 folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from jaxgpt.model import GPT
+
+
+@dataclasses.dataclass
+class ServedModel:
+    """Everything the server needs from a model directory."""
+
+    name: str
+    model: GPT
+    params: Any
+    tokenizer: Any
+
+    @property
+    def context(self) -> int:
+        return self.model.config.block_size
+
+
+def check_model_dir(path: str | Path) -> str:
+    """ "workdir" or "hf" for a directory we can serve; a clear error otherwise (cheap: no
+    weights are read, so the command can fail before it starts listening)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} does not exist; give a training workdir or an HF folder")
+    if (path / "checkpoints").is_dir():
+        return "workdir"
+    if (path / "config.json").is_file() and any(
+        (path / f).is_file()
+        for f in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    ):
+        if not (path / "tokenizer.json").is_file():
+            raise FileNotFoundError(
+                f"{path} has no tokenizer.json; serve a folder written by `python -m "
+                "jaxgpt.export` (or add the model's tokenizer.json)"
+            )
+        return "hf"
+    raise FileNotFoundError(
+        f"{path} is neither a jaxgpt workdir (no checkpoints/) nor a Hugging Face model folder "
+        "(no config.json + model.safetensors)"
+    )
+
+
+def _hf_eot_token(path: Path) -> str:
+    """The end-of-text token's name, from tokenizer_config.json (export writes it there)."""
+    config_file = path / "tokenizer_config.json"
+    if not config_file.is_file():
+        return ""
+    eos = json.loads(config_file.read_text()).get("eos_token", "")
+    return eos.get("content", "") if isinstance(eos, dict) else (eos or "")
+
+
+def load_model(path: str | Path, step: int | None = None, name: str | None = None) -> ServedModel:
+    """Load weights and tokenizer; the served name defaults to the directory's name."""
+    from jaxgpt.data.tokenizer import load_tokenizer
+
+    path = Path(path)
+    kind = check_model_dir(path)
+    name = name or path.resolve().name
+    if kind == "workdir":
+        from jaxgpt.workdir import load_run
+
+        run = load_run(path, step)
+        return ServedModel(name, run.model, run.params, run.tokenizer)
+    if step is not None:
+        raise ValueError("--step applies to training workdirs; an HF folder holds one checkpoint")
+    from jaxgpt.export import import_hf
+
+    config, params = import_hf(path, dropout=0.0)
+    tokenizer = load_tokenizer(path / "tokenizer.json", _hf_eot_token(path))
+    return ServedModel(name, GPT(config), params, tokenizer)
