@@ -5,6 +5,9 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    # Start from existing weights: "hf:PATH" (a Hugging Face GPT-2 folder) or "workdir:PATH"
+    # (a jaxgpt run). They fix the model's shape and tokenizer; "" = random initialization.
+    c.init_from = ""
 
     c.model = ml_collections.ConfigDict()
     c.model.vocab_size = 0  # 0 = take the tokenizer's vocabulary size (rounded up, see below)
@@ -27,6 +30,11 @@ def get_config() -> ml_collections.ConfigDict:
     # Comma list of kind:path (path may be a glob): text:, jsonl:, tfds:NAME[/CONFIG][:SPLIT],
     # wiki: (MediaWiki XML dump), wet: (Common Crawl WET), or "stdlib" (built-in Python corpus).
     c.data.sources = "stdlib"
+    # text: documents to continue (pretraining). sft: JSONL records with a prompt and a
+    # completion; the loss counts completion tokens only (one record per row, padded).
+    c.data.format = "text"
+    c.data.prompt_field = "prompt"  # sft: the field holding the prompt
+    c.data.completion_field = "completion"  # sft: the field holding the completion
     c.data.path = ""  # prepared data dir; "" = WORKDIR/data
     c.data.text_split = "file"  # text sources: one document per "file" or per "blank_line" block
     c.data.jsonl_field = "text"  # jsonl sources: the field holding the text
@@ -80,6 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.sample_tokens = 64  # tokens generated after each eval (0 = none)
     c.train.sample_prompt = ""  # prompt of that sample ("" = start from end-of-text)
     c.train.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = look up by device kind
+    c.train.early_stop_patience = 0  # stop after this many evals without a new best; 0 = off
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # data-parallel axis size (-1 = all devices left over)
@@ -117,5 +126,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.ckpt.every = 1000  # steps between checkpoints (one is always written at the end)
     c.ckpt.keep = 3  # checkpoints kept
     c.ckpt.async_save = True  # write checkpoints in the background while training goes on
+    # Also keep the params of the best validation loss in WORKDIR/best; generate, evaluate and
+    # export then use them unless given --step.
+    c.ckpt.keep_best = False
 
     return c

@@ -6,6 +6,7 @@ kill mid-save leaves the previous checkpoints intact and the partial one is neve
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +92,59 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+class BestCheckpoint:
+    """The params of the lowest validation loss so far, in WORKDIR/best, and the eval history
+    (best.json) that early stopping counts from. Survives restarts: history past the step a run
+    resumes from is dropped, since those evals are redone."""
+
+    def __init__(self, workdir: str | Path, keep: bool, resume_step: int = 0):
+        self.directory = Path(workdir).resolve() / "best"
+        self.keep = keep
+        self.history: list[tuple[int, float]] = []
+        record = self.directory / "best.json"
+        if record.is_file():
+            past = json.loads(record.read_text())["history"]
+            self.history = [(int(s), float(v)) for s, v in past if s <= resume_step]
+        self.manager = None
+        if keep:
+            self.manager = ocp.CheckpointManager(
+                self.directory,
+                item_handlers=ocp.StandardCheckpointHandler(),
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=1, enable_async_checkpointing=False, create=True
+                ),
+            )
+
+    @property
+    def best(self) -> tuple[int, float] | None:
+        """(step, eval loss) of the best evaluation, the earliest on ties."""
+        return min(self.history, key=lambda h: (h[1], h[0])) if self.history else None
+
+    @property
+    def evals_since_best(self) -> int:
+        best = self.best
+        return 0 if best is None else sum(1 for s, _ in self.history if s > best[0])
+
+    def update(self, step: int, eval_loss: float, params: Any) -> bool:
+        """Record an evaluation; save the params if it is a new best. Returns whether it was."""
+        previous = self.best
+        self.history = [h for h in self.history if h[0] != step] + [(step, eval_loss)]
+        improved = previous is None or eval_loss < previous[1]
+        if improved and self.manager is not None:
+            self.manager.save(step, args=ocp.args.StandardSave({"params": params}), force=True)
+            self.manager.wait_until_finished()
+        if jax.process_index() == 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tmp = self.directory / "best.json.tmp"
+            best_step, best_loss = self.best
+            tmp.write_text(
+                json.dumps({"step": best_step, "eval_loss": best_loss, "history": self.history})
+            )
+            tmp.replace(self.directory / "best.json")  # atomic: a kill never leaves half a file
+        return improved
+
+    def close(self) -> None:
+        if self.manager is not None:
+            self.manager.close()

@@ -34,8 +34,13 @@ class TrainConfig:
     sample_tokens: int = 64
     sample_prompt: str = ""
     peak_flops: float = 0.0
+    early_stop_patience: int = 0
 
     def __post_init__(self):
+        if self.early_stop_patience < 0:
+            raise ValueError(
+                f"train.early_stop_patience must be >= 0, got {self.early_stop_patience}"
+            )
         for key in ("steps", "batch_size", "microbatches", "log_every", "eval_tokens"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"train.{key} must be positive, got {getattr(self, key)}")
@@ -55,6 +60,7 @@ class CkptConfig:
     every: int = 1000
     keep: int = 3
     async_save: bool = True
+    keep_best: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +74,7 @@ class RunConfig:
     mesh: MeshConfig
     ckpt: CkptConfig
     dist: DistConfig = dataclasses.field(default_factory=DistConfig)
+    init_from: str = ""
 
 
 def ensure_config_importable(config_path: str | Path) -> None:
@@ -128,6 +135,7 @@ def run_config(c: ml_collections.ConfigDict) -> RunConfig:
         mesh=MeshConfig(**mesh),
         ckpt=CkptConfig(**c.ckpt.to_dict()),
         dist=DistConfig(**c.dist.to_dict()),
+        init_from=c.init_from,
     )
 
 

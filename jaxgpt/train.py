@@ -21,9 +21,11 @@ from tqdm import tqdm
 
 from jaxgpt import config as config_lib
 from jaxgpt import distributed
+from jaxgpt import init_from as init_from_lib
 from jaxgpt import metrics as metrics_lib
 from jaxgpt import sharding as sharding_lib
-from jaxgpt.checkpoint import Checkpointer
+from jaxgpt.checkpoint import BestCheckpoint, Checkpointer
+from jaxgpt.data import sft
 from jaxgpt.data.build import prepare_dataset
 from jaxgpt.data.pipeline import TrainBatches, eval_windows, prefetch, tf_batches
 from jaxgpt.model import GPT, count_params, flops_per_token
@@ -49,6 +51,9 @@ class Summary:
     input_wait_frac: float
     checkpoint: str
     preempted: bool = False
+    best_step: int | None = None
+    best_eval_loss: float | None = None
+    stopped_early: bool = False
 
 
 class _Preemption:
@@ -115,6 +120,29 @@ def _write_workdir_files(workdir: Path, config: ml_collections.ConfigDict, gpt_c
     shutil.copyfile(data.tokenizer_path, workdir / data.tokenizer_file)
 
 
+def _batches(rc: config_lib.RunConfig, data, seq_len: int, eval_batch: int, say):
+    """Training batches and fixed validation batches: token windows, or SFT examples."""
+    where = (jax.process_index(), jax.process_count())
+    if data.format == "sft":
+        examples = sft.load_examples(data, "train")
+        too_long = int(np.sum(examples.lengths() > seq_len + 1))
+        if too_long:
+            say(
+                f"sft: {too_long:,} of {len(examples):,} training examples are longer than "
+                f"block_size+1 = {seq_len + 1} tokens and lose the start of their prompt"
+            )
+        batches = sft.SFTBatches(
+            examples, data.eot_id, rc.train.batch_size, seq_len, rc.train.seed, *where
+        )
+        val_examples = sft.load_examples(data, "val")
+        val = sft.eval_rows(val_examples, data.eot_id, seq_len, rc.train.eval_tokens, eval_batch)
+        return batches, val
+    batches = TrainBatches(
+        data.tokens("train"), rc.train.batch_size, seq_len, rc.train.seed, *where
+    )
+    return batches, eval_windows(data.tokens("val"), seq_len, rc.train.eval_tokens, eval_batch)
+
+
 def train(
     config: ml_collections.ConfigDict, workdir: str | Path, stop_at: int | None = None
 ) -> Summary:
@@ -126,6 +154,14 @@ def train(
         stop_at: stop after this step with a checkpoint, as a preemption would (the schedule
             still runs to train.steps when resumed).
     """
+    source = None
+    init_notes: list[str] = []
+    if config.init_from:
+        # The weights decide the model's shape and tokenizer: fold them into (a copy of) the
+        # config first, so config.json, the data dir and every check see the real model.
+        config = config.copy_and_resolve_references()
+        source = init_from_lib.resolve(config.init_from)
+        init_notes = init_from_lib.apply_to_config(config, source)
     rc = config_lib.run_config(config)
     distributed.initialize(rc.dist)  # before anything asks JAX about devices
     workdir = Path(workdir)
@@ -157,7 +193,15 @@ def train(
     ckpt = Checkpointer(workdir, rc.ckpt.every, rc.ckpt.keep, rc.ckpt.async_save)
     root_rng = jax.random.key(rc.train.seed)
     start = ckpt.latest_step()
-    if start is None:
+    if start is None and source is not None:
+        for note in init_notes:
+            say(f"init_from: {note}")
+        params = init_from_lib.load_params(source, gpt_cfg)
+        init_from_lib.check_shapes(params, trainer.state_shapes.params, source)
+        state, start = init_from_lib.initial_state(trainer, tx, params), 0
+        del params
+        say(f"initialized from {source.spec}")
+    elif start is None:
         state, start = trainer.init(jax.random.fold_in(root_rng, 0)), 0
     else:
         state = ckpt.restore(trainer.abstract_state(), start)
@@ -174,18 +218,14 @@ def train(
         f"{gpt_cfg.n_embd}, context {gpt_cfg.block_size}, vocab {gpt_cfg.vocab_size}); mesh "
         f"{dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s)"
     )
-    batches = TrainBatches(
-        data.tokens("train"),
-        rc.train.batch_size,
-        gpt_cfg.block_size,
-        rc.train.seed,
-        jax.process_index(),
-        jax.process_count(),
-    )
-    val = eval_windows(data.tokens("val"), gpt_cfg.block_size, rc.train.eval_tokens, eval_batch)
+    batches, val = _batches(rc, data, gpt_cfg.block_size, eval_batch, say)
     val_local = np.stack([_local_rows(b) for b in val])
     tokenizer = data.tokenizer()
     writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
+    patience = rc.train.early_stop_patience
+    best = (
+        BestCheckpoint(workdir, rc.ckpt.keep_best, start) if rc.ckpt.keep_best or patience else None
+    )
     dropout_rng = jax.random.fold_in(root_rng, 1)
 
     def to_global(local_batch: np.ndarray) -> jax.Array:
@@ -209,6 +249,8 @@ def train(
                 vocab_limit=tokenizer.vocab_size,
             )
             line += f"\n  sample: {rc.train.sample_prompt + tokenizer.decode(ids)!r}"
+        if best is not None and best.update(step, loss, state.params) and rc.ckpt.keep_best:
+            line += f"\n  new best: saved params to {best.directory}"
         say_bar(line)
         return loss, ppl
 
@@ -223,14 +265,24 @@ def train(
     total_wait = 0.0
     started = time.perf_counter()
     step = start
-    if start >= rc.train.steps:
+    stopped_early = False
+    if start == 0 and source is not None and start < rc.train.steps:
+        # Where fine-tuning starts from: the loss every later evaluation is compared against.
+        say("before training:")
+        run_eval(0)
+    end = rc.train.steps
+    if best is not None and 0 < patience <= best.evals_since_best:
+        stopped_early, end = True, start
+        bar.write(f"this run stopped early at step {start}: evaluating only")
+    elif start >= rc.train.steps:
         bar.write(
             f"already trained to step {start} (train.steps={rc.train.steps}): evaluating only"
         )
+    if start >= end:
         eval_loss = evaluate(trainer, state.params, val_local)
         eval_ppl = float(np.exp(min(eval_loss, 50.0)))
     with _Preemption() as preemption:
-        batch_iter = prefetch(to_global, tf_batches(batches, start, rc.train.steps))
+        batch_iter = prefetch(to_global, tf_batches(batches, start, end))
         while True:
             # Time spent blocked here is time the device could have been busy: the input share.
             t0 = time.perf_counter()
@@ -280,11 +332,21 @@ def train(
                     preemption.requested = True
             elif jax.process_count() > 1:
                 requested = False
+            stopped_early = bool(
+                patience and best is not None and best.evals_since_best >= patience
+            )
             stopping = requested or step == stop_at
-            ckpt.save(step, state, force=at_end or stopping)
+            ckpt.save(step, state, force=at_end or stopping or stopped_early)
             if stopping:
                 reason = "SIGTERM" if preemption.requested else "stop_at"
                 say_bar(f"{reason}: saved checkpoint at step {step}, exiting")
+                break
+            if stopped_early:
+                best_step, best_loss = best.best
+                say_bar(
+                    f"early stopping at step {step}: no better validation loss in {patience} "
+                    f"evaluations (best {best_loss:.4f} at step {best_step})"
+                )
                 break
         if pending is not None:
             values = jax.device_get(pending[1])
@@ -307,7 +369,12 @@ def train(
         input_wait_frac=round(total_wait / max(time.perf_counter() - started, 1e-9), 4),
         checkpoint=str(ckpt.directory / str(ckpt.latest_step())),
         preempted=preemption.requested,
+        best_step=best.best[0] if best is not None and best.best else None,
+        best_eval_loss=best.best[1] if best is not None and best.best else None,
+        stopped_early=stopped_early,
     )
+    if best is not None:
+        best.close()
     if is_main:
         (workdir / "summary.json").write_text(json.dumps(dataclasses.asdict(summary), indent=2))
         plot = metrics_lib.plot_losses(workdir)
@@ -327,6 +394,12 @@ def _print_summary(s: Summary, plot: Path | None) -> None:
         f"{100 * s.input_wait_frac:.1f}% of the time waiting for input",
         f"train loss   {fmt(s.final_loss, '.4f')}",
         f"val loss     {fmt(s.eval_loss, '.4f')}  (perplexity {fmt(s.eval_ppl, '.2f')})",
+        *(
+            [f"best         val loss {s.best_eval_loss:.4f} at step {s.best_step}"]
+            + (["             (stopped early: no improvement)"] if s.stopped_early else [])
+            if s.best_step is not None
+            else []
+        ),
         f"checkpoint   {s.checkpoint}",
         f"metrics      {Path(s.workdir) / 'metrics.jsonl'}" + (f", plot {plot}" if plot else ""),
     ]

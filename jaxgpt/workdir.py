@@ -33,8 +33,23 @@ class Run:
 
 
 def restore_params(workdir: str | Path, step: int | None = None) -> tuple[dict[str, Any], int]:
-    """Just the params of a checkpoint (latest by default), as numpy arrays on the host."""
-    directory = Path(workdir).resolve() / "checkpoints"
+    """Just the params of a checkpoint, as numpy arrays on the host.
+
+    By default the run's result: its best params (WORKDIR/best, kept with ckpt.keep_best) if
+    it has them, else its latest checkpoint. A given step is looked up among both.
+    """
+    root = Path(workdir).resolve()
+    best = root / "best"
+    if best.is_dir() and _steps(best) and (step is None or step in _steps(best)):
+        return _restore_params(best, step)
+    return _restore_params(root / "checkpoints", step)
+
+
+def _steps(directory: Path) -> list[int]:
+    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def _restore_params(directory: Path, step: int | None) -> tuple[dict[str, Any], int]:
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoints in {directory}")
     manager = ocp.CheckpointManager(

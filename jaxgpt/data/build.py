@@ -221,6 +221,8 @@ def build_dataset(cfg: DataConfig, out_dir: str | Path, verbose: bool = True) ->
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
+        if cfg.format == "sft":
+            return _finish(out_dir, tmp, _build_sft(cfg, tmp, key, started, verbose), verbose)
         stats, sample = _write_documents(cfg, tmp, verbose)
         timings = {"read_clean_dedup_s": time.time() - started}
         if cfg.tokenizer_path:
@@ -271,17 +273,45 @@ def build_dataset(cfg: DataConfig, out_dir: str | Path, verbose: bool = True) ->
             "timings": {k: round(v, 2) for k, v in timings.items()},
         }
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
-        report = format_report(stats, meta)
-        (tmp / "report.txt").write_text(report + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        return _finish(out_dir, tmp, format_report(stats, meta), verbose)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _finish(out_dir: Path, tmp: Path, report: str, verbose: bool) -> DatasetInfo:
+    """Write the report, then move the complete data dir into place."""
+    (tmp / "report.txt").write_text(report + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
     if verbose:
         print(report)
     return load_dataset(out_dir)
+
+
+def _build_sft(cfg: DataConfig, tmp: Path, key: str, started: float, verbose: bool) -> str:
+    """An SFT data dir (data/sft.py) in tmp, with its metadata.json; returns the report."""
+    from jaxgpt.data.sft import build_sft
+
+    built = build_sft(cfg, tmp, verbose)
+    tokenizer = built["tokenizer"]
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "format": "sft",
+        "key": key,
+        "config": dataclasses.asdict(cfg),
+        "vocab_size": tokenizer.vocab_size,
+        "eot_id": tokenizer.eot_id,
+        "dtype": built["dtype"],
+        "tokenizer_file": type(tokenizer).filename,
+        "tokenizer_sha256": hashlib.sha256(tokenizer.proto).hexdigest(),
+        "splits": built["splits"],
+        "read": dataclasses.asdict(built["read"]),
+        "seconds": round(time.time() - started, 2),
+    }
+    (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
+    return built["report"]
 
 
 def prepare_dataset(cfg: DataConfig, out_dir: str | Path, verbose: bool = True) -> DatasetInfo:

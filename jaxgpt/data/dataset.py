@@ -32,6 +32,9 @@ class DataConfig:
 
     sources: str = "stdlib"
     path: str = ""
+    format: str = "text"
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
     text_split: str = "file"
     jsonl_field: str = "text"
     tfds_data_dir: str = ""
@@ -61,6 +64,8 @@ class DataConfig:
             raise ValueError(
                 f"data.split={self.split!r} is not one of ('auto', 'document', 'tail')"
             )
+        if self.format not in ("text", "sft"):
+            raise ValueError(f"data.format={self.format!r} is not one of ('text', 'sft')")
         if self.shard_mb <= 0:
             raise ValueError(f"data.shard_mb must be positive, got {self.shard_mb}")
 
@@ -77,6 +82,7 @@ class DatasetInfo:
     shards: dict[str, list[dict]]
     documents: dict[str, int]
     eot_token: str = ""
+    format: str = "text"  # "sft": examples with uncounted prompt tokens (data/sft.py)
 
     @property
     def tokenizer_path(self) -> Path:
@@ -151,6 +157,7 @@ def load_dataset(path: str | Path) -> DatasetInfo:
         shards={split: meta["splits"][split]["shards"] for split in SPLITS},
         documents={split: meta["splits"][split]["documents"] for split in SPLITS},
         eot_token=meta["config"].get("tokenizer_eot_token", ""),
+        format=meta.get("format", "text"),
     )
 
 

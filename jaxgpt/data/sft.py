@@ -1,0 +1,257 @@
+"""Supervised fine-tuning data: JSONL records with a prompt and a completion.
+
+Each record becomes one example, prompt tokens + completion tokens + EOT, stored in uint32 token
+shards with bit 31 set on the prompt tokens (the tokens the loss must not count), and an offsets
+file per split (`{split}-examples.npy`, int64, examples + 1 entries). At train time an example
+fills one row of block_size+1 tokens: longer ones lose the start of their prompt (the completion
+is what is learned), shorter ones are padded with EOT that does not count. Rows reach the loss as
+negative ids -(t+1) for uncounted targets (see state.split_targets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from jaxgpt.data import sources as sources_lib
+from jaxgpt.data.pipeline import TrainBatches
+from jaxgpt.data.readers import CorruptInputError, _corrupt, _input_files, _reject, open_input
+
+PROMPT_BIT = np.uint32(1 << 31)
+
+
+def read_examples(
+    source: sources_lib.Source,
+    stats: sources_lib.ReadStats,
+    strict: bool,
+    prompt_field: str,
+    completion_field: str,
+) -> Iterator[tuple[str, str]]:
+    """(prompt, completion) per JSONL line; bad lines are counted with file:line (or fail)."""
+    if source.kind != "jsonl":
+        raise ValueError(
+            f"data.format='sft' reads JSONL records, not {source.spec!r}; give "
+            "data.sources=jsonl:PATH with one {prompt, completion} object per line"
+        )
+    for path in _input_files(source, stats):
+        with open_input(path) as stream:
+            try:
+                for lineno, line in enumerate(stream, 1):
+                    if not line.strip():
+                        continue
+                    where = f"{path}:{lineno}"
+                    try:
+                        record = json.loads(line.decode("utf-8", errors="replace"))
+                    except json.JSONDecodeError as e:
+                        _reject(stats, strict, where, f"invalid JSON ({e.msg})", "bad_json_lines")
+                        continue
+                    fields = (prompt_field, completion_field)
+                    if not isinstance(record, dict) or not all(
+                        isinstance(record.get(f), str) for f in fields
+                    ):
+                        reason = f"needs string fields {prompt_field!r} and {completion_field!r}"
+                        _reject(stats, strict, where, reason, "missing_field_lines")
+                        continue
+                    prompt, completion = record[prompt_field], record[completion_field]
+                    if not completion.strip():
+                        stats.skip("empty_completion")
+                        continue
+                    stats.add(source, prompt + completion)
+                    yield prompt, completion
+            except CorruptInputError as e:
+                _corrupt(e, stats, strict)
+
+
+def split_of(prompt: str, completion: str, val_fraction: float) -> str:
+    """val or train, by the example's hash: stable under reordering and appending."""
+    digest = hashlib.sha1(json.dumps([prompt, completion]).encode()).digest()
+    return "val" if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else "train"
+
+
+def encode_example(tokenizer, prompt: str, completion: str) -> np.ndarray:
+    """uint32 tokens of one example, prompt tokens flagged with PROMPT_BIT."""
+    p = np.asarray(tokenizer.encode(prompt) if prompt else [], np.uint32)
+    c = np.asarray([*tokenizer.encode(completion), tokenizer.eot_id], np.uint32)
+    return np.concatenate([p | PROMPT_BIT, c])
+
+
+def to_signed(tokens: np.ndarray) -> np.ndarray:
+    """Stored uint32 tokens → int32 with uncounted (prompt) tokens as -(t+1)."""
+    tokens = np.asarray(tokens, np.uint32)
+    flagged = (tokens & PROMPT_BIT) != 0
+    ids = (tokens & ~PROMPT_BIT).astype(np.int32)
+    return np.where(flagged, -ids - 1, ids).astype(np.int32)
+
+
+def example_row(tokens: np.ndarray, seq_len: int, eot_id: int) -> np.ndarray:
+    """One example as an int32 row of seq_len+1: the last seq_len+1 tokens if longer, else
+    padded after the end with uncounted EOT."""
+    signed = to_signed(tokens)[-(seq_len + 1) :]
+    row = np.full(seq_len + 1, -eot_id - 1, np.int32)
+    row[: len(signed)] = signed
+    return row
+
+
+class Examples:
+    """A split's examples: offsets into its token shards."""
+
+    def __init__(self, tokens, offsets: np.ndarray):
+        self.tokens, self.offsets = tokens, offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def get(self, i: int) -> np.ndarray:
+        start, stop = int(self.offsets[i]), int(self.offsets[i + 1])
+        return self.tokens.window(start, stop - start)
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def load_examples(info, split: str) -> Examples:
+    return Examples(info.tokens(split), np.load(info.path / f"{split}-examples.npy"))
+
+
+class SFTBatches(TrainBatches):
+    """Training batches of whole examples, one per row, in a per-epoch permutation (same
+    determinism as TrainBatches: a pure function of seed, step and process)."""
+
+    def __init__(
+        self,
+        examples: Examples,
+        eot_id: int,
+        batch_size: int,
+        seq_len: int,
+        seed: int,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        if batch_size % process_count:
+            raise ValueError(
+                f"train.batch_size={batch_size} must be divisible by the {process_count} processes"
+            )
+        if not len(examples):
+            raise ValueError("the training split holds no examples")
+        self.examples, self.eot_id = examples, eot_id
+        self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
+        self.n_windows = len(examples)
+        rows = batch_size // process_count
+        self.local_rows = slice(process_index * rows, (process_index + 1) * rows)
+
+    def local_batch(self, step: int) -> np.ndarray:
+        ids = self.windows(step)[self.local_rows]
+        return np.stack(
+            [example_row(self.examples.get(int(i)), self.seq_len, self.eot_id) for i in ids]
+        )
+
+
+def eval_rows(
+    examples: Examples, eot_id: int, seq_len: int, n_tokens: int, batch_size: int
+) -> np.ndarray:
+    """Validation examples (up to about n_tokens of rows) as int32 [N, batch_size, seq_len+1];
+    the last batch is filled with rows that count nothing."""
+    if not len(examples):
+        raise ValueError("the validation split holds no examples; raise data.val_fraction")
+    n = min(len(examples), max(1, n_tokens // seq_len))
+    rows = [example_row(examples.get(i), seq_len, eot_id) for i in range(n)]
+    empty = np.full(seq_len + 1, -eot_id - 1, np.int32)
+    rows += [empty] * (-len(rows) % batch_size)
+    return np.stack(rows).reshape(-1, batch_size, seq_len + 1)
+
+
+def build_sft(cfg, tmp: Path, verbose: bool) -> dict:
+    """Read, deduplicate, split, tokenize and write an SFT data dir's contents into tmp;
+    returns the metadata fields that differ from a text data dir."""
+    from tqdm import tqdm
+
+    from jaxgpt.data.shards import ShardWriter
+    from jaxgpt.data.tokenizer import load_tokenizer, train_tokenizer
+
+    stats = sources_lib.ReadStats()
+    seen: set[bytes] = set()
+    duplicates = 0
+    examples: dict[str, list[tuple[str, str]]] = {"train": [], "val": []}
+    bar = tqdm(desc="read", unit=" examples", disable=not verbose, dynamic_ncols=True)
+    for source in sources_lib.parse_sources(cfg.sources):
+        for prompt, completion in read_examples(
+            source, stats, cfg.strict, cfg.prompt_field, cfg.completion_field
+        ):
+            key = hashlib.sha1(json.dumps([prompt, completion]).encode()).digest()
+            if cfg.dedup_exact and key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            examples[split_of(prompt, completion, cfg.val_fraction)].append((prompt, completion))
+            bar.update(1)
+    bar.close()
+    if not examples["train"] or not examples["val"]:
+        raise ValueError(
+            f"data.sources={cfg.sources!r} gave {len(examples['train'])} training and "
+            f"{len(examples['val'])} validation examples ({stats.problem_count} bad lines"
+            + (f", first: {stats.problems[0]}" if stats.problems else "")
+            + "); SFT needs both: add records or change data.val_fraction"
+        )
+    if cfg.tokenizer_path:
+        tokenizer = load_tokenizer(cfg.tokenizer_path, cfg.tokenizer_eot_token)
+    else:
+        texts = [p + c for p, c in examples["train"]]
+        tokenizer = train_tokenizer(
+            texts,
+            cfg.tokenizer_vocab_size,
+            cfg.tokenizer_model_type,
+            max_bytes=int(cfg.tokenizer_train_mb * 1e6),
+        )
+    tokenizer.save(tmp / type(tokenizer).filename)
+    splits = {}
+    for split, items in examples.items():
+        writer = ShardWriter(tmp, split, np.uint32, max(int(cfg.shard_mb * 1e6) // 4, 1))
+        offsets = np.zeros(len(items) + 1, np.int64)
+        completion_tokens = 0
+        for i, (prompt, completion) in enumerate(items):
+            tokens = encode_example(tokenizer, prompt, completion)
+            writer.write(tokens)
+            offsets[i + 1] = offsets[i] + len(tokens)
+            completion_tokens += int(np.sum((tokens & PROMPT_BIT) == 0))
+        np.save(tmp / f"{split}-examples.npy", offsets)
+        lengths = np.diff(offsets)
+        splits[split] = {
+            "documents": len(items),
+            "bytes": sum(len((p + c).encode()) for p, c in items),
+            "tokens": int(offsets[-1]),
+            "completion_tokens": completion_tokens,
+            "example_tokens": {
+                "median": int(np.median(lengths)),
+                "p99": int(np.percentile(lengths, 99)),
+                "max": int(lengths.max()),
+            },
+            "shards": writer.close(),
+        }
+    report = [
+        "── sft data report " + "─" * 42,
+        f"read         {stats.documents:,} examples from {stats.files:,} files; "
+        f"{duplicates:,} exact duplicates removed",
+    ]
+    for name in ("bad_json_lines", "missing_field_lines", "corrupt_files"):
+        if getattr(stats, name):
+            report.append(f"  {name.replace('_', ' ')}: {getattr(stats, name)}")
+    report += [f"  ! {p}" for p in stats.problems]
+    for split, info in splits.items():
+        t = info["example_tokens"]
+        report.append(
+            f"{split:<12} {info['documents']:,} examples, {info['tokens']:,} tokens "
+            f"({info['completion_tokens']:,} completion); tokens per example: median "
+            f"{t['median']}, p99 {t['p99']}, max {t['max']}"
+        )
+    report.append(f"tokenizer    {type(tokenizer).filename}, vocab {tokenizer.vocab_size:,}")
+    return {
+        "tokenizer": tokenizer,
+        "dtype": "uint32",
+        "splits": splits,
+        "read": stats,
+        "report": "\n".join(report),
+    }
