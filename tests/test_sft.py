@@ -3,11 +3,14 @@ that learns a planted prompt → completion mapping."""
 
 from __future__ import annotations
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from jaxgpt.model import GPT, GPTConfig
 from jaxgpt.state import TrainState, next_token_loss, split_targets, train_step
@@ -78,3 +81,112 @@ def test_microbatches_average_over_all_targets_of_the_batch():
         s1.params,
         s2.params,
     )
+
+
+# ---------------------------------------------------------------- data and an end-to-end run
+
+
+def planted_pairs(n: int = 48) -> list[tuple[str, str]]:
+    """name=CODE pairs with random codes: only memorizing the mapping predicts a completion."""
+    rng = np.random.default_rng(0)
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+    return [(f"item{i}=", "".join(rng.choice(letters, 4)) + ";") for i in range(n)]
+
+
+def write_jsonl(path, pairs, extra_lines=()):
+    import json
+
+    lines = [json.dumps({"prompt": p, "completion": c}) for p, c in pairs]
+    path.write_text("\n".join([*lines, *extra_lines]) + "\n")
+    return path
+
+
+def sft_config(jsonl, **overrides):
+    from tests.test_train import tiny_config
+
+    settings = {
+        "data.format": "sft",
+        "data.sources": f"jsonl:{jsonl}",
+        "data.val_fraction": 0.1,
+        "model.block_size": 16,
+        "model.n_embd": 64,
+        "model.dropout": 0.0,
+        "train.sample_tokens": 0,
+        "train.eval_every": 0,
+    }
+    return tiny_config(jsonl, **{**settings, **overrides})
+
+
+def test_sft_data_dir_flags_prompts_and_reports_bad_lines(tmp_path):
+    from jaxgpt.config import run_config
+    from jaxgpt.data.build import prepare_dataset
+    from jaxgpt.data.sft import example_row, load_examples, to_signed
+
+    jsonl = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        planted_pairs(),
+        ['{"prompt": "no completion"}', "{not json", '{"prompt": "x=", "completion": "   "}'],
+    )
+    rc = run_config(sft_config(jsonl))
+    data = prepare_dataset(rc.data, tmp_path / "data", verbose=False)
+    assert data.format == "sft"
+    report = (tmp_path / "data" / "report.txt").read_text()
+    assert f"{jsonl}:49" in report and f"{jsonl}:50" in report  # file:line of each bad line
+    assert "bad json lines: 1" in report and "missing field lines: 1" in report
+    train_ex, val_ex = load_examples(data, "train"), load_examples(data, "val")
+    assert len(train_ex) + len(val_ex) == 48 and len(val_ex) > 0
+    tok = data.tokenizer()
+    ex = to_signed(train_ex.get(0))
+    prompt_len = int(np.sum(ex < 0))
+    text = tok.decode([-t - 1 for t in ex[:prompt_len]])
+    assert text.startswith("item") and text.endswith("=")
+    assert ex[-1] == tok.eot_id and (ex[prompt_len:] >= 0).all()
+    # A row: the example then uncounted EOT padding; a too-long example keeps its end.
+    row = example_row(train_ex.get(0), 15, tok.eot_id)
+    assert (row[: len(ex)] == ex).all() and (row[len(ex) :] == -tok.eot_id - 1).all()
+    short = example_row(train_ex.get(0), 3, tok.eot_id)
+    assert (short == ex[-4:]).all()
+
+    strict = run_config(sft_config(jsonl, **{"data.strict": True}))
+    with pytest.raises(ValueError, match=re.escape(f"{jsonl}:49")):
+        prepare_dataset(strict.data, tmp_path / "strict", verbose=False)
+
+
+def test_sft_rejects_non_jsonl_sources(small_corpus, tmp_path):
+    from jaxgpt.config import run_config
+    from jaxgpt.data.build import prepare_dataset
+
+    rc = run_config(sft_config(small_corpus, **{"data.sources": f"text:{small_corpus}"}))
+    with pytest.raises(ValueError, match=r"data\.format='sft' reads JSONL"):
+        prepare_dataset(rc.data, tmp_path / "data", verbose=False)
+
+
+def test_sft_run_learns_a_planted_mapping(tmp_path):
+    """Trained only on completions, the model completes the training prompts from memory."""
+    from jaxgpt.sample import generate_batch
+    from jaxgpt.train import train
+    from jaxgpt.workdir import load_run
+
+    pairs = planted_pairs()
+    jsonl = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    cfg = sft_config(jsonl, **{"train.steps": 400, "opt.lr": 1e-2, "opt.warmup_steps": 20})
+    summary = train(cfg, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    tok = run.tokenizer
+    from jaxgpt.data.dataset import load_dataset
+    from jaxgpt.data.sft import load_examples, to_signed
+
+    train_ex = load_examples(load_dataset(tmp_path / "run" / "data"), "train")
+    prompts, answers = [], []
+    for i in range(len(train_ex)):
+        ex = to_signed(train_ex.get(i))
+        prompts.append([-t - 1 for t in ex[ex < 0]])
+        answers.append(tok.decode(ex[ex >= 0][:-1].tolist()))
+    out = generate_batch(
+        run.model, run.params, prompts, 6, jax.random.key(0), temperature=0.0,
+        vocab_limit=tok.vocab_size, eot_id=tok.eot_id,
+    )  # fmt: skip
+    got = [tok.decode([t for t in row if t != tok.eot_id]) for row in out]
+    correct = sum(g == a for g, a in zip(got, answers, strict=True))
+    assert correct >= 0.9 * len(answers), (correct, len(answers), got[:5], answers[:5])
+    assert summary.final_loss < 0.1
