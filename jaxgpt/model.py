@@ -14,15 +14,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-REMAT_POLICIES = ("none", "full", "dots")
+REMAT_POLICIES = ("none", "full", "dots", "names")
+# Activations tagged with checkpoint_name inside a block; remat="names" keeps those listed in
+# GPTConfig.remat_names for the backward pass and recomputes the rest.
+REMAT_NAMES = ("qkv", "attn_out", "attn_proj", "mlp_fc", "mlp_gelu", "mlp_proj")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum")
 
 
@@ -40,6 +45,7 @@ class GPTConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
+    remat_names: tuple[str, ...] = ("qkv", "attn_out")  # kept by remat="names"
     scan_layers: bool = False
     attention: str = "auto"
     loss_chunk: int = 0  # tokens per chunk of the output projection + loss (0 = all at once)
@@ -60,6 +66,18 @@ class GPTConfig:
         for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"model.{key} must be positive, got {getattr(self, key)}")
+        if self.loss_chunk < 0:
+            raise ValueError(f"model.loss_chunk must be >= 0, got {self.loss_chunk}")
+        # A ConfigDict may hand over a list or a comma-separated string; keep a hashable tuple.
+        names = self.remat_names
+        if isinstance(names, str):
+            names = tuple(n.strip() for n in names.split(",") if n.strip())
+        object.__setattr__(self, "remat_names", tuple(names))
+        unknown = sorted(set(self.remat_names) - set(REMAT_NAMES))
+        if unknown:
+            raise ValueError(
+                f"model.remat_names has unknown names {unknown}; known: {list(REMAT_NAMES)}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -116,9 +134,26 @@ def einsum_attention(q_BTHQ: jax.Array, k_BSHQ: jax.Array, v_BSHQ: jax.Array) ->
     return jnp.einsum("bhts,bshq->bthq", probs_BHTS, v_BSHQ)
 
 
+def _check_cudnn(dtype: Any) -> None:
+    """Fail at trace time with the fix, not deep inside XLA with "cuDNN is not detected"."""
+    backend = jax.default_backend()
+    if backend != "gpu":
+        raise ValueError(
+            f"model.attention='cudnn' (cuDNN flash attention) needs an NVIDIA GPU, but JAX runs "
+            f"on {backend}: use model.attention=auto (cuDNN on GPUs, the best path elsewhere)"
+        )
+    if dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(
+            f"model.attention='cudnn' takes 16-bit inputs, got {jnp.dtype(dtype).name}: set "
+            "model.dtype=bfloat16 (float32 master weights stay) or model.attention=auto"
+        )
+
+
 def attention(q_BTHQ: jax.Array, k_BSHQ: jax.Array, v_BSHQ: jax.Array, impl: str) -> jax.Array:
     """Causal attention. "auto": the written-out form on CPU; cuDNN flash attention on GPU for
     16-bit inputs (jax's implementation=None does not pick it by itself); XLA elsewhere."""
+    if impl == "cudnn":
+        _check_cudnn(q_BTHQ.dtype)
     if impl == "auto":
         backend = jax.default_backend()
         if backend == "cpu":
@@ -223,12 +258,14 @@ class CausalSelfAttention(nn.Module):
             ("embed", "qkv", "heads", "kv"),
             name="c_attn",
         )(x_BTD)
+        qkv_BT3HQ = checkpoint_name(qkv_BT3HQ, "qkv")
         q_BTHQ, k_BTHQ, v_BTHQ = (qkv_BT3HQ[:, :, i] for i in range(3))
         q_BTHQ = _constrain(q_BTHQ, ("batch", "act_seq", "act_heads", None))
         if cache is None:
             y_BTHQ = attention(q_BTHQ, k_BTHQ, v_BTHQ, c.attention)
         else:
             y_BTHQ, cache = cache.attend(q_BTHQ, k_BTHQ, v_BTHQ)
+        y_BTHQ = checkpoint_name(y_BTHQ, "attn_out")
         # GPT-2 scales residual projections by 1/sqrt(2L) so the residual stream's variance
         # does not grow with depth.
         y_BTD = Projection(
@@ -239,6 +276,7 @@ class CausalSelfAttention(nn.Module):
             stddev=0.02 / (2 * c.n_layer) ** 0.5,
             name="c_proj",
         )(y_BTHQ)
+        y_BTD = checkpoint_name(y_BTD, "attn_proj")
         return nn.Dropout(c.dropout)(y_BTD, deterministic=deterministic), cache
 
 
@@ -257,7 +295,9 @@ class MLP(nn.Module):
             bias_init=_zeros(("mlp",)),
             name="c_fc",
         )(x_BTD)
+        h_BTF = checkpoint_name(h_BTF, "mlp_fc")
         h_BTF = _constrain(nn.gelu(h_BTF, approximate=True), ("batch", "act_seq", "act_mlp"))
+        h_BTF = checkpoint_name(h_BTF, "mlp_gelu")
         y_BTD = nn.Dense(
             c.n_embd,
             use_bias=c.bias,
@@ -267,6 +307,7 @@ class MLP(nn.Module):
             bias_init=_zeros(("embed",)),
             name="c_proj",
         )(h_BTF)
+        y_BTD = checkpoint_name(y_BTD, "mlp_proj")
         return nn.Dropout(c.dropout)(y_BTD, deterministic=deterministic)
 
 
@@ -297,13 +338,20 @@ class ScannedBlock(nn.Module):
         return Block(self.config, name="block")(x_BTD, deterministic), None
 
 
-def _remat(module_cls: type[nn.Module], policy: str, static_argnums: tuple[int, ...]):
-    if policy == "none":
+def remat_policy(config: GPTConfig) -> Callable | None:
+    """The jax.checkpoint policy of config.remat ("full": None, i.e. save nothing)."""
+    if config.remat == "dots":
+        # The four weight matmuls' outputs; attention's batched einsums are recomputed.
+        return jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+    if config.remat == "names":
+        return jax.checkpoint_policies.save_only_these_names(*config.remat_names)
+    return None
+
+
+def _remat(module_cls: type[nn.Module], config: GPTConfig, static_argnums: tuple[int, ...]):
+    if config.remat == "none":
         return module_cls
-    checkpoint_policy = None
-    if policy == "dots":
-        checkpoint_policy = jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
-    return nn.remat(module_cls, policy=checkpoint_policy, static_argnums=static_argnums)
+    return nn.remat(module_cls, policy=remat_policy(config), static_argnums=static_argnums)
 
 
 class GPT(nn.Module):
@@ -330,7 +378,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         if c.scan_layers:
             # deterministic (arg 2 counting self) is static under remat: it picks the code path.
-            block_cls = _remat(ScannedBlock, c.remat, static_argnums=(2,))
+            block_cls = _remat(ScannedBlock, c, static_argnums=(2,))
             self.h = nn.scan(
                 block_cls,
                 variable_axes={"params": 0},
@@ -340,7 +388,7 @@ class GPT(nn.Module):
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(c, name="h")
         else:
-            block_cls = _remat(Block, c.remat, static_argnums=(2,))
+            block_cls = _remat(Block, c, static_argnums=(2,))
             self.blocks = [block_cls(c, name=f"h_{i}") for i in range(c.n_layer)]
         self.ln_f = layer_norm(c)
 
@@ -351,6 +399,26 @@ class GPT(nn.Module):
         caches: list[LayerCache] | None = None,
     ) -> jax.Array | tuple[jax.Array, list[LayerCache]]:
         """Logits [B, T, V]; with caches (decoding), also the updated caches."""
+        x_BTD, new_caches = self._trunk(tokens_BT, deterministic, caches)
+        logits_BTV = self.logits(self.ln_f(x_BTD))
+        return logits_BTV if caches is None else (logits_BTV, new_caches)
+
+    def hidden_states(self, tokens_BT: jax.Array, deterministic: bool = True) -> jax.Array:
+        """The final LayerNorm's output [B, T, D] in the compute dtype: what the tied output
+        projection reads. loss.chunked_cross_entropy projects it a chunk at a time, so the
+        [B, T, V] logits are never whole in memory (call with apply(..., method=...))."""
+        x_BTD, _ = self._trunk(tokens_BT, deterministic, None)
+        return self.ln_f(x_BTD)
+
+    def logits(self, x_BTD: jax.Array) -> jax.Array:
+        """Tied output projection: logits in the compute dtype, then float32 for the softmax."""
+        logits_BTV = self.wte.attend(x_BTD)
+        return _constrain(logits_BTV, ("batch", "act_seq", "act_vocab")).astype(jnp.float32)
+
+    def _trunk(
+        self, tokens_BT: jax.Array, deterministic: bool, caches: list[LayerCache] | None
+    ) -> tuple[jax.Array, list[LayerCache]]:
+        """Embeddings and every block: the residual stream [B, T, D] before ln_f."""
         c = self.config
         T = tokens_BT.shape[1]
         if c.block_size < T:
@@ -377,11 +445,7 @@ class GPT(nn.Module):
             for block, cache in zip(self.blocks, caches, strict=True):
                 x_BTD, cache = block(x_BTD, deterministic, cache)
                 new_caches.append(cache.replace(index=cache.index + T))
-        x_BTD = self.ln_f(x_BTD)
-        # Tied output projection: logits in the compute dtype, then float32 for a stable softmax.
-        logits_BTV = self.wte.attend(x_BTD)
-        logits_BTV = _constrain(logits_BTV, ("batch", "act_seq", "act_vocab")).astype(jnp.float32)
-        return logits_BTV if caches is None else (logits_BTV, new_caches)
+        return x_BTD, new_caches
 
 
 def count_params(params: Any, exclude_positions: bool = False) -> int:

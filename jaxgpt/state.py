@@ -15,6 +15,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxgpt import sharding as sharding_lib
+from jaxgpt.loss import chunked_cross_entropy
 from jaxgpt.model import GPT
 
 
@@ -54,17 +55,24 @@ def next_token_loss(
     weighted targets and divided by `denominator` (default: their count, i.e. the mean)."""
     inputs_BT, targets_BT, weights_BT = split_targets(tokens_BT1)
     deterministic = rng is None
-    logits_BTV = model.apply(
-        {"params": params},
-        inputs_BT,
-        deterministic=deterministic,
-        rngs=None if deterministic else {"dropout": rng},
-    )
+    variables = {"params": params}
+    rngs = None if deterministic else {"dropout": rng}
+    if denominator is None:
+        denominator = loss_weight(tokens_BT1)
+    if model.config.loss_chunk > 0:
+        # Same function, but the [B, T, V] logits are made and dropped a chunk at a time.
+        hidden_BTD = model.apply(
+            variables, inputs_BT, deterministic, rngs=rngs, method=GPT.hidden_states
+        )
+        emb_VD = params["wte"]["embedding"]
+        total = chunked_cross_entropy(
+            hidden_BTD, emb_VD, targets_BT, weights_BT, model.config.loss_chunk
+        )
+        return total / denominator
+    logits_BTV = model.apply(variables, inputs_BT, deterministic=deterministic, rngs=rngs)
     losses_BT = optax.softmax_cross_entropy_with_integer_labels(
         logits_BTV.astype(jnp.float32), targets_BT
     )
-    if denominator is None:
-        denominator = loss_weight(tokens_BT1)
     return jnp.sum(losses_BT * weights_BT) / denominator
 
 
