@@ -60,6 +60,12 @@ def evaluate(workdir: str, sources: str | None = None, batch_size: int = 8) -> d
     from jaxgpt.workdir import load_run
 
     run = load_run(workdir)
+    if not sources:
+        from jaxgpt.data.dataset import load_dataset
+
+        info = load_dataset(run.config["data"]["path"] or str(run.path / "data"))
+        if info.format == "sft":
+            return evaluate_sft(run, info, batch_size)
     tokens, n_bytes, what = token_stream(run, sources)
     started = time.time()
     loss, scored = evaluate_stream(run, tokens, batch_size)
@@ -78,6 +84,31 @@ def evaluate(workdir: str, sources: str | None = None, batch_size: int = 8) -> d
     }
 
 
+def evaluate_sft(run, info, batch_size: int) -> dict:
+    """Completion-token loss over every validation example of a supervised fine-tuning run."""
+    from jaxgpt.data import sft
+
+    started = time.time()
+    examples = sft.load_examples(info, "val")
+    T = run.gpt_config.block_size
+    rows = sft.eval_rows(examples, info.eot_id, T, len(examples) * T, batch_size)
+    loss_fn = jax.jit(lambda p, b: next_token_loss(p, run.model, b, None, 1.0))
+    total = sum(float(loss_fn(run.params, jnp.asarray(batch))) for batch in rows)
+    scored = int(np.sum(rows[:, :, 1:] >= 0))
+    loss = total / scored
+    return {
+        "workdir": str(run.path),
+        "step": run.step,
+        "data": f"{info.path} (val, {len(examples):,} examples, completion tokens)",
+        "tokens": scored,
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "bits_per_byte": None,  # prompts are not scored, so there is no byte count to divide
+        "bytes_per_token": None,
+        "seconds": round(time.time() - started, 2),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m jaxgpt.evaluate", description=__doc__)
     p.add_argument("--workdir", required=True)
@@ -89,11 +120,16 @@ def main(argv: list[str] | None = None) -> None:
         result = evaluate(args.workdir, args.sources, args.batch_size)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    print(
+    line = (
         f"{result['data']} at step {result['step']}: {result['tokens']:,} tokens\n"
-        f"  loss {result['loss']:.4f} nats/token, perplexity {result['perplexity']:.2f}, "
-        f"{result['bits_per_byte']:.4f} bits/byte ({result['bytes_per_token']:.2f} bytes/token)"
+        f"  loss {result['loss']:.4f} nats/token, perplexity {result['perplexity']:.2f}"
     )
+    if result["bits_per_byte"] is not None:
+        line += (
+            f", {result['bits_per_byte']:.4f} bits/byte "
+            f"({result['bytes_per_token']:.2f} bytes/token)"
+        )
+    print(line)
     print(json.dumps(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -190,3 +190,12 @@ def test_sft_run_learns_a_planted_mapping(tmp_path):
     correct = sum(g == a for g, a in zip(got, answers, strict=True))
     assert correct >= 0.9 * len(answers), (correct, len(answers), got[:5], answers[:5])
     assert summary.final_loss < 0.1
+    from jaxgpt.evaluate import evaluate
+
+    result = evaluate(str(tmp_path / "run"))  # the val split: completion tokens only
+    assert "completion tokens" in result["data"] and result["bits_per_byte"] is None
+    assert result["tokens"] == sum(
+        int(np.sum(to_signed(ex.get(i)) >= 0))
+        for ex in [load_examples(load_dataset(tmp_path / "run" / "data"), "val")]
+        for i in range(len(ex))
+    )
