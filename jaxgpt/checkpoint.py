@@ -38,11 +38,11 @@ class Checkpointer:
 
     def __init__(self, workdir: str | Path, every: int, keep: int, async_save: bool = True):
         self.directory = Path(workdir).resolve() / "checkpoints"
+        self.every = max(every, 1)
         self.manager = ocp.CheckpointManager(
             self.directory,
             item_handlers=ocp.StandardCheckpointHandler(),
             options=ocp.CheckpointManagerOptions(
-                save_interval_steps=max(every, 1),
                 max_to_keep=keep,
                 enable_async_checkpointing=async_save,
                 create=True,
@@ -54,7 +54,11 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, force: bool = False) -> bool:
         """Save if step is on the interval (or force); returns whether a save started."""
-        return self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
+        # The interval is checked here: Orbax's own save_interval_steps also saves whenever no
+        # checkpoint exists yet, i.e. at the first step of every run.
+        if not force and step % self.every:
+            return False
+        return self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
     def restore(self, abstract_state: Any, step: int | None = None) -> Any:
         """Restore into the shapes/shardings of abstract_state (ShapeDtypeStructs)."""

@@ -93,6 +93,8 @@ def test_resume_is_bitwise(small_corpus, tmp_path):
     train(tiny_config(small_corpus), full)
     first = train(tiny_config(small_corpus), split, stop_at=10)
     assert first.steps == 10 and (split / "checkpoints" / "10").is_dir()
+    # Only on the ckpt.every=5 interval: no extra checkpoint at the run's first step.
+    assert sorted(p.name for p in (split / "checkpoints").iterdir()) == ["10", "5"]
     resumed = train(tiny_config(small_corpus), split)
     assert resumed.start_step == 10 and resumed.steps == 20
     a, b = losses(full), losses(split)
