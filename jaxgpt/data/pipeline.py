@@ -29,6 +29,16 @@ def _check_length(n_tokens: int, seq_len: int, split: str) -> None:
         )
 
 
+def process_rows(batch_size: int, process_index: int, process_count: int) -> slice:
+    """The rows of every global batch that this process loads."""
+    if batch_size % process_count:
+        raise ValueError(
+            f"train.batch_size={batch_size} must be divisible by the {process_count} processes"
+        )
+    rows = batch_size // process_count
+    return slice(process_index * rows, (process_index + 1) * rows)
+
+
 class TrainBatches:
     """Deterministic training batches over a token stream (see the module docstring)."""
 
@@ -41,16 +51,11 @@ class TrainBatches:
         process_index: int = 0,
         process_count: int = 1,
     ):
-        if batch_size % process_count:
-            raise ValueError(
-                f"train.batch_size={batch_size} must be divisible by the {process_count} processes"
-            )
         _check_length(len(tokens), seq_len, "train")
         self.tokens = tokens if isinstance(tokens, TokenStream) else _ArrayStream(tokens)
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
         self.n_windows = (len(tokens) - 1) // seq_len
-        rows = batch_size // process_count
-        self.local_rows = slice(process_index * rows, (process_index + 1) * rows)
+        self.local_rows = process_rows(batch_size, process_index, process_count)
 
     @functools.lru_cache(maxsize=2)  # noqa: B019 (one sampler per run; two epochs are enough)
     def _order(self, epoch: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxgpt.data import sources as sources_lib
-from jaxgpt.data.pipeline import TrainBatches
+from jaxgpt.data.pipeline import TrainBatches, process_rows
 from jaxgpt.data.readers import CorruptInputError, _corrupt, _input_files, _reject, open_input
 
 PROMPT_BIT = np.uint32(1 << 31)
@@ -131,17 +131,12 @@ class SFTBatches(TrainBatches):
         process_index: int = 0,
         process_count: int = 1,
     ):
-        if batch_size % process_count:
-            raise ValueError(
-                f"train.batch_size={batch_size} must be divisible by the {process_count} processes"
-            )
         if not len(examples):
             raise ValueError("the training split holds no examples")
         self.examples, self.eot_id = examples, eot_id
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
         self.n_windows = len(examples)
-        rows = batch_size // process_count
-        self.local_rows = slice(process_index * rows, (process_index + 1) * rows)
+        self.local_rows = process_rows(batch_size, process_index, process_count)
 
     def local_batch(self, step: int) -> np.ndarray:
         ids = self.windows(step)[self.local_rows]
