@@ -325,6 +325,7 @@ async def _complete(
         stop=req.stops,
         seed=req.seed if req.seed is not None else secrets.randbits(31),
         logprobs=req.logprobs is not None,
+        stream=req.stream,
         emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
     )
     start = time.perf_counter()

@@ -73,6 +73,7 @@ class Job:
     stop: list[str]
     seed: int
     logprobs: bool
+    stream: bool
     emit: Callable[[Event], None]
     cancelled: bool = False
 
@@ -92,6 +93,7 @@ class Row:
     text: TextStream
     generated: int = 0
     slot: int = -1
+    pending: Event | None = None  # output not yet handed over (non-streamed jobs)
 
 
 class Engine:
@@ -249,11 +251,28 @@ class Engine:
         elif row.generated >= job.max_tokens:
             self._finish(row, Event(row.index, piece + row.text.finish(), 1, info, "length"))
         else:
-            job.emit(Event(row.index, piece, 1, info))
+            self._emit(row, Event(row.index, piece, 1, info))
+
+    def _emit(self, row: Row, event: Event) -> None:
+        """Hand output over; a non-streamed job gets one event per row, when the row ends (each
+        hand-over wakes the server's event loop, which then has less time for HTTP)."""
+        if row.pending is not None:
+            p = row.pending
+            event = dataclasses.replace(
+                event,
+                text=p.text + event.text,
+                n_tokens=p.n_tokens + event.n_tokens,
+                logprobs=p.logprobs + event.logprobs,
+            )
+            row.pending = None
+        if row.job.stream or event.finish_reason:
+            row.job.emit(event)
+        else:
+            row.pending = event
 
     def _finish(self, row: Row, event: Event) -> None:
         self._release(row)
-        row.job.emit(event)
+        self._emit(row, event)
 
     def _fail_all(self, message: str) -> None:
         for row in list(self._busy.values()):
