@@ -2,64 +2,40 @@
 
 `python -m jaxgpt.plan --config configs/xl.py --devices 64 --device_memory_gb 95`
 
-Nothing is allocated and no device need exist: parameter and optimizer shapes come from
-jax.eval_shape, shardings from the config's logical-axis rules on a jax.sharding.AbstractMesh.
+The per-device byte counts come from jaxgpt.estimates (shapes only, nothing allocated); this
+module adds them up, judges the fit, suggests changes that would make it fit, and prints.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
-from jax.sharding import AbstractMesh, AxisType, NamedSharding, PartitionSpec
 
 from jaxgpt import config as config_lib
 from jaxgpt import metrics as metrics_lib
 from jaxgpt import sharding as sharding_lib
-from jaxgpt.model import GPT, GPTConfig, count_params, flops_per_token
-from jaxgpt.optimizer import OptConfig, make_optimizer
-from jaxgpt.state import opt_state_specs
+from jaxgpt.estimates import (
+    Activations,
+    StateBytes,
+    abstract_state,
+    activation_bytes,
+    logical_split,
+    state_memory,
+)
+from jaxgpt.model import GPTConfig, count_params, flops_per_token
 
 # Planned peak = estimate × (1 + HEADROOM): room for allocator fragmentation, collective
 # buffers and cuBLAS/cuDNN workspaces that no shape-based estimate sees.
 HEADROOM = 0.10
 GB = 1e9
-_is_sharding = lambda x: isinstance(x, NamedSharding)
+LOSS_CHUNK = 128  # positions per chunk the planner suggests: [B, 128, V] logits at a time
 TIME_FORMULA = "step time = batch · T · flops_per_token / (devices · peak FLOP/s · MFU)"
-
-
-@dataclasses.dataclass(frozen=True)
-class Activations:
-    """Per-device activation bytes of one microbatch, by kind (see activation_bytes)."""
-
-    saved_per_layer: int
-    layer_working: int
-    logits: int
-    other: int
-    n_layer: int
-
-    @property
-    def total(self) -> int:
-        return self.n_layer * self.saved_per_layer + self.layer_working + self.logits + self.other
-
-
-@dataclasses.dataclass(frozen=True)
-class StateBytes:
-    """Per-device bytes that follow from the parameter shapes and the mesh."""
-
-    params: int
-    opt: int
-    gathered: int  # FSDP: weights (and their unreduced gradients) all-gathered at once
-    uneven: tuple[str, ...] = ()  # parameters whose dimensions the mesh does not divide
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,161 +132,6 @@ def resolve_model(rc: config_lib.RunConfig) -> GPTConfig:
     return config_lib.model_config(rc.model, rc.data.tokenizer_vocab_size if follow else 0)
 
 
-def abstract_mesh(shape: tuple[int, ...]) -> AbstractMesh:
-    """A mesh of this shape with no devices behind it; Auto axes, as make_mesh builds."""
-    return AbstractMesh(tuple(shape), sharding_lib.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
-
-
-@functools.lru_cache(maxsize=16)
-def abstract_state(model: GPTConfig, opt: OptConfig) -> tuple[Any, Any, Any]:
-    """(param shapes, their logical specs, optimizer-state shapes), via eval_shape only."""
-    # Shapes do not depend on remat, so one trace serves every remat suggestion.
-    model = dataclasses.replace(model, remat="none")
-    tokens = jax.ShapeDtypeStruct((1, min(8, model.block_size)), jnp.int32)
-    boxed = jax.eval_shape(lambda t: GPT(model).init(jax.random.key(0), t)["params"], tokens)
-    params = nn.unbox(boxed)
-    # The schedule's length does not change the state's shapes.
-    opt_shapes = jax.eval_shape(make_optimizer(opt, 1).init, params)
-    return params, nn.get_partition_spec(boxed), opt_shapes
-
-
-def state_shardings(
-    params: Any, logical: Any, opt_shapes: Any, mesh: AbstractMesh, rules: sharding_lib.Rules
-) -> tuple[Any, Any]:
-    """Parameter and optimizer-state NamedShardings by the rules state.make_trainer uses."""
-    param_sh = sharding_lib.fit_to_shapes(
-        sharding_lib.logical_to_shardings(logical, mesh, rules), params
-    )
-    flat_sh = jax.tree_util.tree_leaves_with_path(param_sh, is_leaf=_is_sharding)
-    specs = {jax.tree_util.keystr(p): s.spec for p, s in flat_sh}
-    flat = jax.tree_util.tree_leaves_with_path(params)
-    shapes = {jax.tree_util.keystr(p): leaf.shape for p, leaf in flat}
-    opt_specs = opt_state_specs(opt_shapes, specs, shapes)
-    return param_sh, jax.tree.map(lambda s: NamedSharding(mesh, s), opt_specs)
-
-
-def shard_bytes(shape: tuple[int, ...], dtype: Any, sharding: NamedSharding) -> int:
-    """Bytes of one device's shard; an uneven split is counted padded up to whole shards."""
-    try:
-        local = sharding.shard_shape(shape)
-    except ValueError:  # IndivisibleError: jit refuses these, but the size still informs a plan
-        spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
-        local = tuple(
-            -(-d // _split(sharding.mesh.shape, s)) for d, s in zip(shape, spec, strict=True)
-        )
-    return math.prod(local) * jnp.dtype(dtype).itemsize
-
-
-def tree_shard_bytes(shapes: Any, shardings: Any) -> int:
-    """Per-device bytes of a tree of ShapeDtypeStructs under a matching tree of shardings."""
-    leaves = jax.tree.leaves(shapes)
-    shs = jax.tree.leaves(shardings, is_leaf=_is_sharding)
-    return sum(shard_bytes(x.shape, x.dtype, s) for x, s in zip(leaves, shs, strict=True))
-
-
-def _split(mesh_shape: dict[str, int], axes: Any) -> int:
-    """How many ways a dimension mapped onto these mesh axes is split."""
-    if axes is None or axes is PartitionSpec.UNCONSTRAINED:
-        return 1
-    axes = (axes,) if isinstance(axes, str) else axes
-    return math.prod(mesh_shape[a] for a in axes)
-
-
-def logical_split(mesh_shape: dict[str, int], rules: sharding_lib.Rules, name: str) -> int:
-    """How many ways the rules split a dimension with this logical name."""
-    return _split(mesh_shape, dict(rules).get(name))
-
-
-@functools.lru_cache(maxsize=64)
-def state_memory(
-    model: GPTConfig, opt: OptConfig, shape: tuple[int, int, int], rules: sharding_lib.Rules
-) -> StateBytes:
-    """Per-device parameter, optimizer-state and FSDP-gathered bytes on a mesh of this shape."""
-    params, logical, opt_shapes = abstract_state(model, opt)
-    param_sh, opt_sh = state_shardings(params, logical, opt_shapes, abstract_mesh(shape), rules)
-    param_bytes = tree_shard_bytes(params, param_sh)
-    opt_bytes = tree_shard_bytes(opt_shapes, opt_sh)
-    uneven = uneven_leaves(params, param_sh)
-    fsdp = shape[sharding_lib.MESH_AXES.index("fsdp")]
-    if fsdp == 1:
-        return StateBytes(param_bytes, opt_bytes, 0, uneven)
-    # The weights as one device holds them once the fsdp axis is gathered (tensor split kept).
-    unsharded = dict(zip(sharding_lib.MESH_AXES, shape, strict=True), fsdp=1)
-    gathered_sh = sharding_lib.logical_to_shardings(
-        logical, abstract_mesh(tuple(unsharded.values())), rules
-    )
-    per_key = {k: tree_shard_bytes(params[k], gathered_sh[k]) for k in params}
-    layer = sum(v for k, v in per_key.items() if k.startswith("h")) // model.n_layer
-    # Scanned, one layer is gathered at a time (weights and unreduced gradients), plus the tied
-    # embedding. Unrolled, XLA shares each forward all-gather with the backward pass, so every
-    # gathered weight stays live through the step: why large FSDP runs want scan_layers.
-    gathered = 2 * layer + per_key["wte"] if model.scan_layers else sum(per_key.values()) + layer
-    return StateBytes(param_bytes, opt_bytes, gathered, uneven)
-
-
-def uneven_leaves(params: Any, shardings: Any) -> tuple[str, ...]:
-    """'path shape spec' of each parameter whose shape the mesh does not divide evenly."""
-    flat_sh = jax.tree.leaves(shardings, is_leaf=_is_sharding)
-    found = []
-    for (path, leaf), sh in zip(jax.tree_util.tree_leaves_with_path(params), flat_sh, strict=True):
-        try:
-            sh.shard_shape(leaf.shape)
-        except ValueError:
-            found.append(f"{jax.tree_util.keystr(path)} {leaf.shape} over {sh.spec}")
-    return tuple(found)
-
-
-def activation_bytes(
-    model: GPTConfig, seqs: int, mesh_shape: dict[str, int], rules: sharding_lib.Rules
-) -> Activations:
-    """Analytic per-device activation bytes of one microbatch of `seqs` sequences.
-
-    With b = seqs, a = bytes of model.dtype, F = 4D, P = b·H·T² attention probabilities, and
-    t_h, t_f, t_v the tensor splits of act_heads, act_mlp and act_vocab, each layer keeps:
-      none: b·T·D·a·(4 + 4/t_h) + 2·b·T·F·a/t_f + P·(4 + a')/t_h      (unrolled layers)
-            block input, ln_1 out, residual, ln_2 out; q, k, v and attention output; GELU
-            input and output; float32 softmax output plus its model.dtype cast (a' = a if
-            a < 4 else 0). XLA fuses the rest of the elementwise work away.
-      none, scan_layers: b·T·D·(3a + 24) + 4·b·T·D·a/t_h + 6·b·T·F·a/t_f + P·(9 + a)/t_h
-            the loop must store every residual autodiff names, fused or not: LayerNorm's
-            float32 intermediates, GELU's five, the causal mask and scores before softmax.
-      dots: b·T·D·a·(3 + 3/t_h) + b·T·F·a/t_f   (block input + outputs of the weight matmuls)
-      full: b·T·D·a                             (the block input only)
-    attention="cudnn" (flash) stores a float32 log-sum-exp b·H·T instead of any P term;
-    dropout > 0 adds three boolean masks 3·b·T·D to `none` (remat recomputes them).
-    On top: one layer's unrolled `none` set as the working set of the layer being
-    differentiated (re-run first under remat); the logits b·T·V/t_v in float32 with their
-    float32 gradient (and the model.dtype copy when a < 4); embedding and ln_f outputs 2·b·T·D·a.
-    """
-    c = model
-    a = jnp.dtype(c.compute_dtype).itemsize
-    cast = a if a < 4 else 0
-    t_h, t_f, t_v = (
-        logical_split(mesh_shape, rules, n) for n in ("act_heads", "act_mlp", "act_vocab")
-    )
-    bt = seqs * c.block_size
-    btd, btf = bt * c.n_embd, bt * 4 * c.n_embd
-    bhtt = seqs * c.n_head * c.block_size**2
-
-    def probs(per_element: int) -> int:
-        if c.attention == "cudnn":
-            return seqs * c.n_head * c.block_size * 4 // t_h
-        return bhtt * per_element // t_h
-
-    masks = 3 * btd if c.dropout > 0 else 0
-    unrolled = btd * a * 4 + btd * a * 4 // t_h + 2 * btf * a // t_f + probs(4 + cast) + masks
-    if c.remat == "none" and c.scan_layers:
-        saved = btd * (3 * a + 24) + 4 * btd * a // t_h + 6 * btf * a // t_f + probs(9 + a) + masks
-    elif c.remat == "none":
-        saved = unrolled
-    elif c.remat == "dots":
-        saved = btd * a * 3 + btd * a * 3 // t_h + btf * a // t_f
-    else:
-        saved = btd * a
-    logits = bt * c.vocab_size * (8 + cast) // t_v
-    return Activations(saved, unrolled, logits, 2 * btd * a, c.n_layer)
-
-
 def peak_flops_for(device_kind: str, override: float = 0.0) -> float:
     """Peak FLOP/s of one device of this kind (metrics.PEAK_FLOPS), or the override."""
     if override > 0:
@@ -392,13 +213,50 @@ def _plan(
         # clip → Adam → decay → scale materializes about one parameter-sized update tree.
         update_bytes=state.params,
         gathered_bytes=state.gathered,
-        activations=activation_bytes(model, seqs, mesh_shape, rc.mesh.rules),
+        activations=activation_bytes(_as_run(model, kind), seqs, mesh_shape, rc.mesh.rules),
         tokens_per_step=rc.train.batch_size * model.block_size,
         flops_per_token=flops_per_token(model, n_no_pos),
         peak_flops=peak,
         mfu=mfu,
         warnings=_warnings(rc.train, n_batch, state),
     )
+
+
+def _as_run(model: GPTConfig, device_kind: str) -> GPTConfig:
+    """The attention kernel the model will really use there: attention="auto" is cuDNN flash
+    attention on NVIDIA GPUs for 16-bit compute (see model.attention), which keeps no
+    [B, H, T, T] probabilities."""
+    nvidia = any(n in device_kind.upper() for n in ("NVIDIA", "H100", "H200", "A100", "B200"))
+    if model.attention == "auto" and nvidia and model.dtype in ("bfloat16", "float16"):
+        return dataclasses.replace(model, attention="cudnn")
+    return model
+
+
+def largest_batch(
+    config: ml_collections.ConfigDict, n_devices: int, device_memory_gb: float, device_kind: str
+) -> int:
+    """The largest train.batch_size (a multiple of the data-parallel size, in as many
+    microbatches as the config says) whose plan fits; 0 if not even the smallest does."""
+
+    def fits(batch: int) -> bool:
+        changed = config_lib.override(copy.deepcopy(config), **{"train.batch_size": batch})
+        return plan(changed, n_devices, device_memory_gb, 0.45, device_kind, suggest=False).fits
+
+    rc = config_lib.run_config(config)
+    shape = sharding_lib.resolve_mesh_shape(rc.mesh, n_devices)
+    step = logical_split(
+        dict(zip(sharding_lib.MESH_AXES, shape, strict=True)), rc.mesh.rules, "batch"
+    )
+    step *= rc.train.microbatches
+    if not fits(step):
+        return 0
+    lo, hi = 1, 2  # in units of `step`: lo fits, hi is unknown
+    while fits(hi * step):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:  # lo fits, hi does not
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid * step) else (lo, mid)
+    return lo * step
 
 
 def _warnings(train: config_lib.TrainConfig, n_batch: int, state: StateBytes) -> tuple[str, ...]:
@@ -467,8 +325,12 @@ def _microbatch_changes(p: Plan) -> list[Change]:
 
 
 def suggestions(config: ml_collections.ConfigDict, p: Plan) -> tuple[Suggestion, ...]:
-    """Changes that cut memory, each planned: more FSDP, full remat, more microbatches."""
+    """Changes that cut memory, each planned: more FSDP, chunked loss, full remat, more
+    microbatches."""
     found = [_first_fit(config, p, _fsdp_changes(p))]
+    if p.model.loss_chunk == 0 and p.model.block_size > LOSS_CHUNK:
+        chunk = ("chunked cross-entropy (no whole logits)", {"model.loss_chunk": LOSS_CHUNK})
+        found.append(_try(config, p, chunk))
     if p.model.remat != "full":
         # With scanned layers, since XLA on CPU was seen to hoist the recomputation of
         # unrolled remat layers back into the forward pass and save nothing.
@@ -496,6 +358,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
+def _logits_label(c: GPTConfig) -> str:
+    if c.loss_chunk > 0:
+        return f"  logits of one {min(c.loss_chunk, c.block_size)}-position chunk, with gradient"
+    return "  logits and their gradient (float32)"
+
+
 def _memory_lines(p: Plan) -> list[str]:
     c, act = p.model, p.activations
     kept = c.n_layer * act.saved_per_layer
@@ -510,7 +378,7 @@ def _memory_lines(p: Plan) -> list[str]:
         (f"activations, one microbatch (remat={c.remat})", act.total),
         (f"  kept by layers: {c.n_layer} × {_size(act.saved_per_layer)}", kept),
         ("  layer being differentiated", act.layer_working),
-        ("  logits and their gradient (float32)", act.logits),
+        (_logits_label(c), act.logits),
         ("  embedding and ln_f outputs", act.other),
         ("estimate", p.estimate_bytes),
         (f"with {HEADROOM:.0%} headroom", p.total_bytes),
@@ -525,7 +393,7 @@ def _fit_lines(p: Plan) -> list[str]:
         if p.total_bytes > 0.75 * p.device_memory_bytes:
             lines.append(
                 "  note: JAX preallocates 75% of GPU memory by default; run with "
-                "XLA_PYTHON_CLIENT_MEM_FRACTION=.95"
+                "XLA_CLIENT_MEM_FRACTION=.95"
             )
         return lines
     lines = [f"fits: no, {_size(p.total_bytes)} of {memory}, {_size(-p.margin_bytes)} over"]
@@ -548,7 +416,9 @@ def format_plan(p: Plan) -> str:
         f"model     {p.n_params:,} parameters ({p.n_params_no_pos:,} without position "
         f"embeddings): {c.n_layer} layers, {c.n_head} heads, width {c.n_embd}, context "
         f"{c.block_size}, vocab {c.vocab_size}; compute {c.dtype}, params {c.param_dtype}, "
-        f"remat {c.remat}{', scanned layers' if c.scan_layers else ''}",
+        f"remat {c.remat}{list(c.remat_names) if c.remat == 'names' else ''}"
+        f"{', scanned layers' if c.scan_layers else ''}"
+        f"{f', loss_chunk {c.loss_chunk}' if c.loss_chunk else ''}",
         f"devices   {p.n_devices} × {p.device_kind}, {_size(p.device_memory_bytes)} each; "
         f"mesh data={m['data']} fsdp={m['fsdp']} tensor={m['tensor']}",
         f"batch     {p.batch_size} sequences × {c.block_size} tokens = {p.tokens_per_step:,} "
@@ -589,6 +459,7 @@ def main(argv: list[str] | None = None) -> None:
     flags.DEFINE_string("device_kind", "H100", "Device kind for the peak FLOP/s table.")
     flags.DEFINE_float("mfu", 0.45, "Model FLOPs utilization assumed for the time estimate.")
     flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s per device; 0 = look up device_kind.")
+    flags.DEFINE_bool("max_batch", False, "Also print the largest train.batch_size that fits.")
     usage = "usage: python -m jaxgpt.plan --config FILE --devices N --device_memory_gb GB"
     try:
         flags.FLAGS(argv)
@@ -601,9 +472,18 @@ def main(argv: list[str] | None = None) -> None:
         result = plan(
             config_flag.value, f.devices, f.device_memory_gb, f.mfu, f.device_kind, f.peak_flops
         )
+        best = f.max_batch and largest_batch(
+            config_flag.value, f.devices, f.device_memory_gb, f.device_kind
+        )
     except ValueError as e:
         sys.exit(f"error: {e}")
     print(format_plan(result))
+    if f.max_batch:
+        micro = config_flag.value.train.microbatches
+        print(
+            f"max batch {best} sequences per step in {micro} microbatch(es) fit "
+            f"{f.device_memory_gb:g} GB per device (train.batch_size; planner estimate)"
+        )
 
 
 if __name__ == "__main__":

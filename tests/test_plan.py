@@ -18,7 +18,7 @@ from jaxgpt import config as config_lib
 from jaxgpt import sharding as sharding_lib
 from jaxgpt.model import GPT
 from jaxgpt.optimizer import make_optimizer, make_schedule
-from jaxgpt.plan import GB, format_plan, plan
+from jaxgpt.plan import GB, format_plan, largest_batch, plan
 from jaxgpt.state import make_trainer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,6 +94,14 @@ CASES = {
     },
     "4L-w128-data8-none-scan": {
         "model.scan_layers": True,
+        "train.batch_size": 32,
+        "mesh.data": 8,
+    },
+    "4L-w128-data8-names-scan-chunk16": {
+        "model.remat": "names",
+        "model.scan_layers": True,
+        "model.loss_chunk": 16,
+        "model.vocab_size": 4096,  # so that the logits matter
         "train.batch_size": 32,
         "mesh.data": 8,
     },
@@ -242,3 +250,32 @@ def test_cli_unknown_config_key_fails_naming_it():
     )  # fmt: skip
     assert out.returncode != 0
     assert "no_such_key" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_loss_chunk_cuts_planned_logits():
+    """model.loss_chunk=C plans one chunk's logits: T/C times less than the whole."""
+    whole = h100(small_config())
+    chunked = h100(small_config(**{"model.loss_chunk": 16}))
+    assert whole.activations.logits == 8 * chunked.activations.logits  # T = 128 = 8 × 16
+    assert "16-position chunk" in format_plan(chunked)
+
+
+def test_cudnn_attention_plans_off_gpu():
+    """A cuDNN-attention config plans on a CPU-only machine (the shape trace does not run
+    cuDNN) and keeps no attention probabilities; so does "auto" in bfloat16 on an H100."""
+    bf16 = {"model.dtype": "bfloat16", "train.batch_size": 64}
+    cudnn = h100(small_config(**bf16, **{"model.attention": "cudnn"}))
+    auto = h100(small_config(**bf16))
+    einsum = h100(small_config(**bf16, **{"model.attention": "einsum"}))
+    assert cudnn.activations.total == auto.activations.total < einsum.activations.total
+    tpu = plan(small_config(**bf16), 8, 95, 0.45, "TPU v5p")
+    assert tpu.activations.total == einsum.activations.total
+
+
+def test_largest_batch_is_the_edge_of_fitting():
+    """largest_batch fits and one more data-parallel row per device does not."""
+    config = load("small", **{"model.dtype": "bfloat16", "model.loss_chunk": 128})
+    best = largest_batch(config, 1, 80, "H100")
+    assert best > 0
+    at = lambda b: h100(changed(config, **{"train.batch_size": b}), 1, 80, suggest=False)
+    assert at(best).fits and not at(best + 1).fits
