@@ -97,12 +97,21 @@ def _pick(logits_BV, key_B2, t_B, slots_like: Slots, vocab_limit: int):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "vocab_limit"), donate_argnums=(1,))
-def _prefill(params, slots: Slots, tokens_bP, len_b, slot_b, new: Slots, *, model, vocab_limit):
+def _prefill(
+    params, slots: Slots, tokens_bP, len_b, slot_b, choice_b, new: Slots, *, model, vocab_limit
+):
     """Run the prompts, draw each row's first token, and move the rows into their slots.
 
-    Padding rows carry slot index B (past the end), so their writes are dropped.
+    `new.key_B2` holds each row's seed key, `choice_b` its choice index. Padding rows carry slot
+    index B (past the end), so their writes are dropped.
     """
     b, P = tokens_bP.shape
+    # Row keys as sample.row_keys makes them: fold_in(key(seed), choice). Folding here rather
+    # than on the host keeps the number of compiled shapes independent of requests' sizes.
+    seed_keys_b = jax.random.wrap_key_data(new.key_B2)
+    new = new.replace(
+        key_B2=jax.random.key_data(jax.vmap(jax.random.fold_in)(seed_keys_b, choice_b))
+    )
     caches = [RowCache.empty(model.config, b, P) for _ in range(model.config.n_layer)]
     logits_bPV, caches = model.apply({"params": params}, tokens_bP, caches=caches)
     last_bV = logits_bPV[jnp.arange(b), len_b - 1]
@@ -142,6 +151,11 @@ def _step(params, slots: Slots, *, model, rows, vocab_limit):
     sub = sub.replace(caches=caches, token_B=token_B, t_B=sub.t_B + 1)
     slots = jax.tree.map(lambda full, part: full.at[:rows].set(part), slots, sub)
     return slots, (token_B, *info)
+
+
+def seed_key_data(seed: int) -> np.ndarray:
+    """Raw data (uint32[2]) of jax.random.key(seed), as jaxgpt.generate seeds its rows."""
+    return np.asarray(jax.random.key_data(jax.random.key(seed)))
 
 
 def _powers_of_two(lo: int, hi: int) -> list[int]:
@@ -188,13 +202,15 @@ class Decoder:
         self,
         prompts: list[list[int]],
         slots: list[int],
-        keys: np.ndarray,
+        seed_keys: np.ndarray,
+        choices: list[int],
         temperature: list[float],
         top_k: list[int],
         top_p: list[float],
     ) -> tuple[np.ndarray, ...]:
         """Start up to PREFILL_ROWS rows in the given slots.
 
+        Row i draws with fold_in(seed_keys[i], choices[i]) (seed_keys: raw uint32[n, 2] data).
         Returns (token, logprob, top ids, top logprobs) per row, as numpy arrays.
         """
         n = len(prompts)
@@ -210,13 +226,14 @@ class Decoder:
             caches=[],
             token_B=np.zeros((b,), np.int32),
             t_B=np.zeros((b,), np.int32),
-            key_B2=np.concatenate([keys, np.zeros((b - n, 2), np.uint32)]).astype(np.uint32),
+            key_B2=np.concatenate([seed_keys, np.zeros((b - n, 2), np.uint32)]).astype(np.uint32),
             temperature_B=pad(temperature, 0.0, np.float32),
             top_k_B=pad(top_k, 0, np.int32),
             top_p_B=pad(top_p, 1.0, np.float32),
         )
         self.slots, out = _prefill(
-            self.params, self.slots, tokens, lens, pad(slots, self.max_batch, np.int32), new,
+            self.params, self.slots, tokens, lens, pad(slots, self.max_batch, np.int32),
+            pad(choices, 0, np.int32), new,
             model=self.model, vocab_limit=self.vocab_limit,
         )  # fmt: skip
         return tuple(np.asarray(x)[:n] for x in out)
@@ -237,11 +254,12 @@ class Decoder:
                 n = b
                 self.prefill(
                     [[0] * P] * n, [self.max_batch] * n, np.zeros((n, 2), np.uint32),
-                    [0.0] * n, [0] * n, [1.0] * n,
+                    [0] * n, [0.0] * n, [0] * n, [1.0] * n,
                 )  # fmt: skip
                 count += 1
         for rows in self.step_sizes:
             self.step(rows)
             count += 1
         self.slots = self._empty(self.max_batch)
+        seed_key_data(0)  # the one host-side JAX op a request runs
         return count

@@ -17,11 +17,9 @@ import threading
 import time
 from collections.abc import Callable
 
-import jax
 import numpy as np
 
-from jaxgpt.sample import row_keys
-from jaxgpt.serve.decoder import PREFILL_ROWS, Decoder
+from jaxgpt.serve.decoder import PREFILL_ROWS, Decoder, seed_key_data
 from jaxgpt.serve.text import TextStream
 
 log = logging.getLogger("jaxgpt.serve")
@@ -89,7 +87,7 @@ class Row:
     job: Job
     index: int
     prompt: list[int]
-    key: np.ndarray  # uint32[2] raw key data
+    seed_key: np.ndarray  # uint32[2] raw data of key(seed); the row folds in its index
     text: TextStream
     generated: int = 0
     slot: int = -1
@@ -140,13 +138,13 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         """Queue a job's rows; raises QueueFullError or ShuttingDownError instead of waiting."""
-        keys = np.asarray(jax.random.key_data(row_keys(jax.random.key(job.seed), job.n_choices)))
+        seed_key = seed_key_data(job.seed)
         rows = [
             Row(
                 job,
                 i,
                 job.prompts[i // job.n],
-                keys[i],
+                seed_key,
                 TextStream(self.tokenizer.decode, job.stop),
             )
             for i in range(job.n_choices)
@@ -214,7 +212,8 @@ class Engine:
         out = self.decoder.prefill(
             [r.prompt for r in rows],
             [r.slot for r in rows],
-            np.stack([r.key for r in rows]),
+            np.stack([r.seed_key for r in rows]),
+            [r.index for r in rows],
             [j.temperature for j in jobs],
             [j.top_k for j in jobs],
             [j.top_p for j in jobs],

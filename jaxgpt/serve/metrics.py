@@ -18,6 +18,10 @@ class Histogram:
         self.counts = [0] * (len(buckets) + 1)
         self.sum = 0.0
 
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value
