@@ -2,9 +2,10 @@
 
 Default shape: the char-level Shakespeare baseline (4 layers, 4 heads, width 128, T=64,
 batch 12, vocab 65). Both sides time forward + backward + clip + AdamW and wait for the result
-of every step (block_until_ready / loss.item()), on synthetic tokens, after warm-up.
+of every step (block_until_ready / loss.item()), on synthetic tokens, after warm-up. The two
+run in alternating rounds of --round steps in one process, so both see the same machine load.
 
-    python benchmarks/step_time.py [--steps 200] [--n_layer 4 --n_embd 128 ...]
+    python benchmarks/step_time.py [--steps 200] [--torch_threads 1] [--n_layer 4 ...]
     # both CPU cores as two devices, parameters sharded over them:
     XLA_FLAGS=--xla_force_host_platform_device_count=2 \
         python benchmarks/step_time.py --devices 2 --fsdp
@@ -44,8 +45,9 @@ def _time(fn, steps: int, warmup: int) -> list[float]:
     return times
 
 
-def time_jax_steps(args: argparse.Namespace) -> dict:
-    """Median ms of the full train step, and of its forward and forward+backward parts."""
+def jax_stepper(args: argparse.Namespace):
+    """(step function that runs one train step and waits for its loss, compile seconds,
+    the trainer and model) for the shape and fast-path switches in args."""
     cfg = GPTConfig(
         vocab_size=args.vocab_size,
         block_size=args.block_size,
@@ -56,6 +58,7 @@ def time_jax_steps(args: argparse.Namespace) -> dict:
         remat=args.remat,
         scan_layers=args.scan_layers,
         attention=args.attention,
+        loss_chunk=args.loss_chunk,
     )
     model = GPT(cfg)
     opt = OptConfig(lr=1e-3, b2=0.99, warmup_steps=10)
@@ -84,54 +87,87 @@ def time_jax_steps(args: argparse.Namespace) -> dict:
         i += 1
         m["loss"].block_until_ready()
 
-    step_times = _time(step, args.steps, args.warmup)
-    params = state.params
+    return step, compile_s, model, lambda: (state.params, batches[0])
+
+
+def breakdown(model, params_and_batch, steps: int, warmup: int) -> dict:
+    """Median ms of the forward pass and of forward+backward alone (unsharded)."""
+    params, batch = params_and_batch()
     fwd = jax.jit(lambda p, b: next_token_loss(p, model, b, None))
     fwd_bwd = jax.jit(jax.grad(lambda p, b: next_token_loss(p, model, b, None)))
-    fwd_times = _time(lambda: fwd(params, batches[0]).block_until_ready(), args.steps, args.warmup)
-    bwd_times = _time(
-        lambda: jax.block_until_ready(fwd_bwd(params, batches[0])), args.steps, args.warmup
-    )
-    ms = lambda xs: round(1000 * statistics.median(xs), 2)
-    return {
-        "median_ms": ms(step_times),
-        "p10_ms": round(1000 * float(np.percentile(step_times, 10)), 2),
-        "p90_ms": round(1000 * float(np.percentile(step_times, 90)), 2),
-        "forward_ms": ms(fwd_times),
-        "forward_backward_ms": ms(bwd_times),
-        "compile_s": round(compile_s, 2),
-        "jax_version": jax.__version__,
-        "device": jax.devices()[0].device_kind,
-    }
+    fwd_times = _time(lambda: fwd(params, batch).block_until_ready(), steps, warmup)
+    bwd_times = _time(lambda: jax.block_until_ready(fwd_bwd(params, batch)), steps, warmup)
+    return {"forward_ms": _ms(fwd_times), "forward_backward_ms": _ms(bwd_times)}
+
+
+def _ms(xs: list[float]) -> float:
+    return round(1000 * statistics.median(xs), 2)
+
+
+def interleaved(steppers: dict, steps: int, warmup: int, round_steps: int) -> dict:
+    """Per-step seconds of each stepper, run in alternating rounds of round_steps, so that
+    both sides see the same machine load (the shared VM's load drifts within minutes)."""
+    for step in steppers.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steppers}
+    while min(len(t) for t in times.values()) < steps:
+        for name, step in steppers.items():
+            times[name] += _time(step, min(round_steps, steps - len(times[name])), 0)
+    return times
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     for name, default in (
         ("n_layer", 4), ("n_head", 4), ("n_embd", 128), ("block_size", 64), ("batch_size", 12),
-        ("vocab_size", 65), ("steps", 200), ("warmup", 20),
+        ("vocab_size", 65), ("steps", 200), ("warmup", 20), ("round", 10), ("loss_chunk", 0),
     ):  # fmt: skip
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--remat", default="none", help="none | full | dots")
+    p.add_argument("--remat", default="none", help="none | full | dots | names")
     p.add_argument("--attention", default="auto", help="auto | xla | einsum | cudnn")
     p.add_argument("--scan_layers", action="store_true")
     p.add_argument("--devices", type=int, default=1, help="data-parallel over this many devices")
     p.add_argument("--fsdp", action="store_true", help="shard over the devices with fsdp, not data")
     p.add_argument("--no_torch", action="store_true", help="skip the PyTorch side")
+    p.add_argument("--torch_threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--breakdown", action="store_true", help="also time forward, forward+backward")
     args = p.parse_args()
-    jax_result = time_jax_steps(args)
     shape = {
         k: getattr(args, k)
         for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")
     }
-    print(f"shape: {shape}, {args.steps} timed steps after {args.warmup} warm-up")
-    parts = (
-        f"; forward {jax_result['forward_ms']} ms, forward+backward "
-        f"{jax_result['forward_backward_ms']} ms"
-        if args.devices == 1  # the split is timed unsharded, so only meaningful on one device
-        else f" on {args.devices} devices ({'fsdp' if args.fsdp else 'data'})"
+    jax_step, compile_s, model, params_and_batch = jax_stepper(args)
+    steppers = {"jax": jax_step}
+    if not args.no_torch:
+        from torch_baseline import TorchStepper
+
+        torch_stepper = TorchStepper(**shape, threads=args.torch_threads)
+        steppers["torch"] = torch_stepper.step
+    times = interleaved(steppers, args.steps, args.warmup, args.round)
+    jax_result = {
+        "median_ms": _ms(times["jax"]),
+        "p10_ms": round(1000 * float(np.percentile(times["jax"], 10)), 2),
+        "p90_ms": round(1000 * float(np.percentile(times["jax"], 90)), 2),
+        "compile_s": round(compile_s, 2),
+        "jax_version": jax.__version__,
+        "device": jax.devices()[0].device_kind,
+    }
+    if args.breakdown and args.devices == 1:  # the split is timed unsharded
+        jax_result.update(breakdown(model, params_and_batch, args.steps, args.warmup))
+    print(
+        f"shape: {shape}, {args.steps} timed steps each after {args.warmup} warm-up, "
+        f"in alternating rounds of {args.round}"
     )
+    parts = ""
+    if "forward_ms" in jax_result:
+        parts = (
+            f"; forward {jax_result['forward_ms']} ms, forward+backward "
+            f"{jax_result['forward_backward_ms']} ms"
+        )
+    if args.devices > 1:
+        parts = f" on {args.devices} devices ({'fsdp' if args.fsdp else 'data'})"
     print(
         f"jaxgpt  {jax_result['median_ms']:8.2f} ms/step median "
         f"(p10 {jax_result['p10_ms']}, p90 {jax_result['p90_ms']}{parts}; "
@@ -139,11 +175,9 @@ def main() -> None:
     )
     result = {"shape": shape, "jax": jax_result}
     if not args.no_torch:
-        from torch_baseline import time_torch_steps
+        from torch_baseline import summarize
 
-        torch_result = time_torch_steps(
-            **{k: v for k, v in shape.items()}, steps=args.steps, warmup=args.warmup
-        )
+        torch_result = {**summarize([1000 * t for t in times["torch"]]), **torch_stepper.info()}
         ratio = torch_result["median_ms"] / jax_result["median_ms"]
         print(
             f"torch   {torch_result['median_ms']:8.2f} ms/step median (eager, "

@@ -108,48 +108,73 @@ def make_optimizer(model: nn.Module, lr: float = 1e-3) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99))
 
 
+class TorchStepper:
+    """One eager train step per call (forward, backward, clip, AdamW, loss.item()), on
+    pre-generated batches, so a caller can interleave it with another framework's steps."""
+
+    def __init__(
+        self, n_layer: int = 4, n_head: int = 4, n_embd: int = 128, block_size: int = 64,
+        batch_size: int = 12, vocab_size: int = 65, seed: int = 0, threads: int | None = None,
+        n_batches: int = 64,
+    ) -> None:  # fmt: skip
+        if threads is not None:
+            torch.set_num_threads(threads)
+        torch.manual_seed(seed)
+        self.model = GPT(vocab_size, block_size, n_layer, n_head, n_embd)
+        self.model.train()
+        self.opt = make_optimizer(self.model)
+        # Pre-generate batches so data generation stays out of the timed region.
+        g = torch.Generator().manual_seed(seed)
+        data = torch.randint(0, vocab_size, (n_batches, batch_size, block_size + 1), generator=g)
+        self.xs, self.ys = data[..., :-1].contiguous(), data[..., 1:].contiguous()
+        self.i = 0
+
+    def step(self) -> float:
+        x, y = self.xs[self.i % len(self.xs)], self.ys[self.i % len(self.ys)]
+        self.i += 1
+        loss = self.model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss.item()  # a logging loop syncs on the loss each step; keep that cost
+
+    def info(self) -> dict:
+        return {
+            "threads": torch.get_num_threads(),
+            "torch_version": torch.__version__,
+            # Tied lm_head shares wte's tensor, so parameters() counts it once.
+            "params": sum(p.numel() for p in self.model.parameters()),
+        }
+
+
 def time_torch_steps(
     n_layer: int = 4, n_head: int = 4, n_embd: int = 128, block_size: int = 64,
     batch_size: int = 12, vocab_size: int = 65, steps: int = 60, warmup: int = 10,
     seed: int = 0, threads: int | None = None,
 ) -> dict:  # fmt: skip
     """Time `steps` eager train steps (after `warmup` untimed ones); return step-time stats."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    model = GPT(vocab_size, block_size, n_layer, n_head, n_embd)
-    model.train()
-    opt = make_optimizer(model)
-    # Pre-generate every batch so data generation stays out of the timed region.
-    g = torch.Generator().manual_seed(seed)
-    n = warmup + steps
-    data = torch.randint(0, vocab_size, (n, batch_size, block_size + 1), generator=g)
-    xs, ys = data[..., :-1].contiguous(), data[..., 1:].contiguous()
-
+    stepper = TorchStepper(
+        n_layer, n_head, n_embd, block_size, batch_size, vocab_size, seed, threads
+    )
     times_ms: list[float] = []
-    for i in range(n):
-        x, y = xs[i], ys[i]
+    for i in range(warmup + steps):
         t0 = time.perf_counter()
-        loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss.item()  # a logging loop syncs on the loss each step; keep that cost in the timing
+        stepper.step()
         if i >= warmup:
             times_ms.append((time.perf_counter() - t0) * 1e3)
+    return {**summarize(times_ms), **stepper.info()}
 
+
+def summarize(times_ms: list[float]) -> dict:
+    """Median, mean, p10 and p90 of per-step milliseconds."""
     q = statistics.quantiles(times_ms, n=10) if len(times_ms) >= 2 else times_ms * 9
     return {
         "median_ms": statistics.median(times_ms),
         "mean_ms": statistics.fmean(times_ms),
         "p10_ms": q[0],
         "p90_ms": q[-1],
-        "steps": steps,
-        "threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        # Tied lm_head shares wte's tensor, so parameters() counts it once.
-        "params": sum(p.numel() for p in model.parameters()),
+        "steps": len(times_ms),
     }
 
 
