@@ -1,4 +1,5 @@
-"""KV-cache decoding equals full forward passes; batching, greedy, sampling, scanned layers."""
+"""KV-cache decoding equals full forward passes; batching, greedy, sampling, scanned layers,
+generation past the context through a sliding window."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxgpt.model import GPT, GPTConfig, init_cache
-from jaxgpt.sample import generate_batch, unscan_params
+from jaxgpt.sample import generate_batch, unscan_params, window_size
 
 CFG = GPTConfig(vocab_size=61, block_size=24, n_layer=2, n_head=4, n_embd=32)
 
@@ -116,8 +117,78 @@ def test_scanned_params_decode_the_same(model_params):
 
 def test_prompt_too_long_is_a_clear_error(model_params):
     model, params = model_params
-    with pytest.raises(ValueError, match="exceeds the model's context of 24 tokens"):
-        generate_batch(model, params, [tokens(20)], 10, jax.random.key(0))
+    with pytest.raises(ValueError, match="exceeds the model's context of 24 tokens: a prompt may "
+                       "be at most 24 tokens"):  # fmt: skip
+        generate_batch(model, params, [tokens(5), tokens(25)], 10, jax.random.key(0))
+    with pytest.raises(ValueError, match="at least one token"):
+        generate_batch(model, params, [tokens(5), []], 10, jax.random.key(0))
+
+
+def windowed_greedy(model, params, prompts: list[list[int]], n_new: int) -> list[list[int]]:
+    """Greedy roll-out with one full forward per token and no cache, under the window rule:
+    rows share a fill count (the longest row's length); when it is the context and a token is
+    to be fed, every row keeps its last W - 1 tokens plus that token."""
+    T, W = CFG.block_size, window_size(CFG.block_size)
+    # One compiled shape: causal attention ignores the buffer's tail.
+    forward = jax.jit(lambda buf: model.apply({"params": params}, buf))
+    ctxs, outs = [list(p) for p in prompts], [[] for _ in prompts]
+    filled = max(map(len, prompts))
+    for k in range(n_new):
+        if k:
+            slide = filled == T
+            filled = W if slide else filled + 1
+            kept = [c[max(len(c) - (W - 1), 0) :] if slide else c for c in ctxs]
+            ctxs = [[*c, o[-1]] for c, o in zip(kept, outs, strict=True)]
+        for ctx, out in zip(ctxs, outs, strict=True):
+            buf = np.zeros((1, T), np.int32)
+            buf[0, : len(ctx)] = ctx
+            out.append(int(np.argmax(np.asarray(forward(buf))[0, len(ctx) - 1])))
+    return outs
+
+
+def test_greedy_past_the_context_equals_windowed_full_forwards(model_params):
+    """50 new tokens after 10 (context 24, window 12): four slides, each checked token by token
+    against forwards over the window; a prompt of the whole context slides at once."""
+    model, params = model_params
+    for prompt in (tokens(10, 9), tokens(24, 10)):
+        got = generate_batch(model, params, [prompt], 50, jax.random.key(0), temperature=0.0)
+        assert got == windowed_greedy(model, params, [prompt], 50)
+
+
+def test_batched_rows_of_different_lengths_slide_together(model_params):
+    model, params = model_params
+    prompts = [tokens(20, 11), tokens(7, 12), tokens(1, 13)]
+    got = generate_batch(model, params, prompts, 40, jax.random.key(0), temperature=0.0)
+    assert got == windowed_greedy(model, params, prompts, 40)
+    # The longest row sets the slides, so it decodes as it does alone.
+    alone = generate_batch(model, params, prompts[:1], 40, jax.random.key(0), temperature=0.0)
+    assert got[0] == alone[0]
+
+
+def test_sampling_past_the_context_is_reproducible_and_stops_at_eot(model_params):
+    model, params = model_params
+    prompts = [tokens(6, 14)] * 2
+    kw = {"temperature": 1.0, "top_k": 20, "top_p": 0.9}
+    a = generate_batch(model, params, prompts, 60, jax.random.key(5), **kw)
+    assert a == generate_batch(model, params, prompts, 60, jax.random.key(5), **kw)
+    assert len(a[0]) == 60 and a[0] != a[1]  # rows draw with their own keys
+    eot = a[0][45]  # a token drawn after two slides
+    cut = generate_batch(model, params, prompts[:1], 60, jax.random.key(5), eot_id=eot, **kw)
+    assert cut[0] == a[0][: a[0].index(eot) + 1]
+
+
+def test_filters_switched_off_and_filters_that_keep_everything_agree():
+    """With no row filtering, pick_tokens skips the sort; keeping all V tokens through the
+    filters must give the same greedy and sampled tokens."""
+    from jaxgpt.sample import pick_tokens, row_keys, step_keys
+
+    logits = jax.random.normal(jax.random.key(0), (6, 50)) * 3
+    temperature = jnp.array([0.0, 0.5, 1.0, 1.0, 2.0, 0.0])
+    for t in range(5):
+        keys = step_keys(row_keys(jax.random.key(1), 6), t)
+        off = pick_tokens(logits, keys, temperature, 0, 1.0, 45)
+        np.testing.assert_array_equal(off, pick_tokens(logits, keys, temperature, 50, 1.0, 45))
+        assert int(off.max()) < 45
 
 
 def test_a_rows_sample_does_not_depend_on_its_batch(model_params):
