@@ -2,6 +2,8 @@
 
 Prompts come from --prompt (repeatable), --prompt_file (one prompt per line; "-" = stdin), or
 stdin when neither is given. All prompts are decoded together in one batch with a KV cache.
+--max_tokens may go past the model's context (a sliding window, see jaxgpt.sample); a prompt may
+not: it can be at most block_size tokens.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", required=True, help="a training run's directory")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompt_file", help="one prompt per line; - for stdin")
-    p.add_argument("--max_tokens", type=int, default=200)
+    p.add_argument(
+        "--max_tokens",
+        type=int,
+        default=200,
+        help="tokens to generate per sample; may exceed the context: past it, the model sees "
+        "the last block_size/2 to block_size tokens (a sliding window)",
+    )
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top_k", type=int, default=0, help="0 = off")
     p.add_argument("--top_p", type=float, default=1.0, help="1 = off")
@@ -67,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     from jaxgpt.workdir import load_run
 
     args = parse_args(argv)
+    if args.max_tokens < 1 or args.num_samples < 1:
+        sys.exit("error: --max_tokens and --num_samples must be at least 1")
     try:
         run = load_run(args.workdir, args.step)
         prompts = read_prompts(args)

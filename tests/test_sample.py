@@ -1,11 +1,14 @@
-"""Sampling during training: padded vocabulary rows are never produced; seeds reproduce."""
+"""Sampling during training: padded vocabulary rows are never produced; seeds reproduce;
+the generate command's sampling goes past the context."""
+
+from types import SimpleNamespace
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxgpt.model import GPT, GPTConfig
-from jaxgpt.sample import generate
+from jaxgpt.sample import generate, generate_batch
 
 
 def test_padded_vocab_rows_are_never_sampled():
@@ -28,3 +31,25 @@ def test_same_seed_same_sample_and_prompt_is_cut_to_fit():
     a = generate(model, params, list(range(20)), 5, jax.random.key(3), temperature=1.0)
     b = generate(model, params, list(range(20)), 5, jax.random.key(3), temperature=1.0)
     assert a == b and len(a) == 5 and all(0 <= t < 32 for t in a)
+    longer = generate(model, params, list(range(20)), 30, jax.random.key(3), temperature=1.0)
+    assert len(longer) == 30  # past the context of 8: the window slides
+
+
+def test_generate_command_samples_past_the_context():
+    """--max_tokens beyond block_size gives that many tokens (no end-of-text in this vocab)."""
+    from jaxgpt.data.tokenizer import train_tokenizer
+    from jaxgpt.generate import parse_args, sample_texts
+
+    tok = train_tokenizer(["abcdefgh ijk lmnop\n" * 50], 0, "char")
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))["params"])
+    run = SimpleNamespace(model=model, params=params, tokenizer=tok)
+    args = parse_args(["--workdir", "unused", "--max_tokens", "50", "--temperature", "0"])
+    (text,) = sample_texts(run, ["abc"], args)
+    (ids,) = generate_batch(
+        model, params, [tok.encode("abc")], 50, jax.random.key(0), temperature=0.0,
+        vocab_limit=tok.vocab_size, eot_id=tok.eot_id,
+    )  # fmt: skip
+    assert text == tok.decode([t for t in ids if t != tok.eot_id])
+    assert len(ids) == 50 or ids[-1] == tok.eot_id
+    assert len(ids) > 16, ids  # this seed's greedy text runs past the context of 16
