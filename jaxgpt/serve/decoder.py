@@ -183,7 +183,8 @@ class Decoder:
         self.max_batch = max_batch
         self.step_sizes = _powers_of_two(1, max_batch)
         self.prefill_sizes = _powers_of_two(1, min(PREFILL_ROWS, max_batch))
-        self.prompt_sizes = _powers_of_two(min(16, self.config.block_size), self.config.block_size)
+        # Prompts shorter than 32 tokens cost about the same to run at 32.
+        self.prompt_sizes = _powers_of_two(min(32, self.config.block_size), self.config.block_size)
         self.slots = self._empty(max_batch)
 
     def _empty(self, batch: int) -> Slots:
