@@ -81,7 +81,8 @@ def serve(options: Options) -> int:
     server.append(uvicorn.Server(config))
     # Uvicorn re-raises the signal that stopped it once it has shut down gracefully; SIGTERM is
     # the normal way to stop a replica, so that should end the process with 0, not by signal.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1 if failed else 0))
+    for sig in (signal.SIGTERM, signal.SIGINT):  # Ctrl-C too: no KeyboardInterrupt traceback
+        signal.signal(sig, lambda *_: sys.exit(1 if failed else 0))
     server[0].run()
     if failed:
         e = failed[0]
