@@ -94,9 +94,19 @@ def main() -> None:
     p.add_argument("--new", type=int, default=96)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--skip_transformers", action="store_true")
+    p.add_argument(
+        "--torch_threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads (0 = torch's default, one per core). On a machine other "
+        "processes load, 1 avoids OpenMP threads spinning against each other",
+    )
     args = p.parse_args()
 
     import torch
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
 
     from jaxgpt.export_onnx import torch_model
 
