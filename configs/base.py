@@ -20,11 +20,18 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.bias = True  # biases in Dense and LayerNorm layers (GPT-2 has them)
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
     c.model.param_dtype = "float32"  # master weight dtype
-    c.model.remat = "none"  # rematerialization per block: none | full | dots
+    c.model.remat = "none"  # rematerialization per block: none | full | dots | names
+    # remat=names: tensors kept for the backward pass, any of qkv, attn_out, attn_proj, mlp_fc,
+    # mlp_gelu, mlp_proj (everything else is recomputed)
+    c.model.remat_names = ("qkv", "attn_out")
     c.model.scan_layers = False  # one scanned block instead of L unrolled ones (faster compile)
-    c.model.attention = "auto"  # dot_product_attention implementation: auto | xla | cudnn
-    c.model.loss_chunk = 0  # output projection + cross-entropy over chunks of this many tokens,
-    # so the [batch, seq, vocab] logits are never whole in memory; 0 = all at once
+    # attention implementation: auto | xla | cudnn | einsum (auto: cuDNN flash attention on GPU
+    # in 16-bit, einsum on CPU, XLA elsewhere)
+    c.model.attention = "auto"
+    # Output projection + cross-entropy over chunks of this many sequence positions (every row
+    # of the batch in each chunk), so the [batch, seq, vocab] logits are never whole in memory;
+    # 0 = all at once
+    c.model.loss_chunk = 0
 
     c.data = ml_collections.ConfigDict()
     # Comma list of kind:path (path may be a glob): text:, jsonl:, tfds:NAME[/CONFIG][:SPLIT],

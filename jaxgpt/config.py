@@ -179,6 +179,9 @@ def parse_command_line(
     from ml_collections import config_flags
 
     argv = list(sys.argv if argv is None else argv)
+    if any(a in ("-h", "--help", "-help") for a in argv[1:]):
+        print(f"{usage}\n\nEvery config key and its meaning: configs/base.py.")
+        sys.exit(0)
     config_path = config_path_from_argv(argv)
     if config_path:
         if not Path(config_path).is_file():
