@@ -28,18 +28,17 @@ MODEL_FILE = "model.onnx"
 _SINGLE_FILE_LIMIT = 1 << 30
 # The opset the exporter's translation table targets (torch ≥ 2.5); onnxruntime ≥ 1.18 runs it.
 OPSET = 18
-# Modules and the pip package that provides each (all in the [onnx] extra).
-_NEEDS = (("torch", "torch"), ("transformers", "transformers"), ("onnx", "onnx"),
-          ("onnxscript", "onnxscript"), ("onnxruntime", "onnxruntime"))  # fmt: skip
+# The [onnx] extra: each module's pip package has the same name.
+_NEEDS = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime")
 
 
 def require_onnx_packages() -> None:
     """Fail early, naming the install command, when a package of the [onnx] extra is missing."""
-    missing = [pkg for module, pkg in _NEEDS if importlib.util.find_spec(module) is None]
+    missing = [name for name in _NEEDS if importlib.util.find_spec(name) is None]
     if missing:
         raise ModuleNotFoundError(
             f'ONNX export needs {", ".join(missing)}: run `pip install -e ".[onnx]"` in the '
-            "jaxgpt checkout (or `pip install 'jaxgpt[onnx]'`)"
+            "jaxgpt checkout"
         )
 
 
