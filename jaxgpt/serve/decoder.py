@@ -39,8 +39,8 @@ class RowCache:
     positions are stale and never attended to, so a freed slot needs no clearing.
     """
 
-    k_BSHQ: jax.Array
-    v_BSHQ: jax.Array
+    k_BHSQ: jax.Array  # heads before positions, as model.LayerCache (no per-step transposes)
+    v_BHSQ: jax.Array
     index: jax.Array  # [B, 1] int32: GPT.__call__ adds arange(T) to it for position ids
     pad_B: jax.Array  # always 0: rows are left-aligned (kept for GPT.__call__'s position ids)
 
@@ -48,27 +48,29 @@ class RowCache:
     def empty(cls, config: GPTConfig, batch: int, length: int) -> RowCache:
         # Separate buffers for k and v: the slots are donated, and a buffer may be donated once.
         zeros = lambda: jnp.zeros(
-            (batch, length, config.n_head, config.head_dim), config.compute_dtype
+            (batch, config.n_head, length, config.head_dim), config.compute_dtype
         )
         index = jnp.zeros((batch, 1), jnp.int32)
         return cls(zeros(), zeros(), index, jnp.zeros((batch,), jnp.int32))
 
     def attend(self, q_BTHQ, k_BTHQ, v_BTHQ) -> tuple[jax.Array, RowCache]:
         """Write this step's keys/values at each row's index, attend over its filled part."""
-        T, S, Q = q_BTHQ.shape[1], self.k_BSHQ.shape[1], q_BTHQ.shape[-1]
-        at_row = jax.vmap(lambda buf, new, i: jax.lax.dynamic_update_slice(buf, new, (i, 0, 0)))
+        T, S, Q = q_BTHQ.shape[1], self.k_BHSQ.shape[2], q_BTHQ.shape[-1]
+        at_row = jax.vmap(lambda buf, new, i: jax.lax.dynamic_update_slice(buf, new, (0, i, 0)))
         start_B = self.index[:, 0]
-        k_BSHQ = at_row(self.k_BSHQ, k_BTHQ.astype(self.k_BSHQ.dtype), start_B)
-        v_BSHQ = at_row(self.v_BSHQ, v_BTHQ.astype(self.v_BSHQ.dtype), start_B)
+        new_k = k_BTHQ.astype(self.k_BHSQ.dtype).transpose(0, 2, 1, 3)
+        new_v = v_BTHQ.astype(self.v_BHSQ.dtype).transpose(0, 2, 1, 3)
+        k_BHSQ = at_row(self.k_BHSQ, new_k, start_B)
+        v_BHSQ = at_row(self.v_BHSQ, new_v, start_B)
         q_pos_BT = self.index + jnp.arange(T)[None, :]
         visible_BTS = jnp.arange(S)[None, None, :] <= q_pos_BT[:, :, None]
         scores_BHTS = jnp.einsum(
-            "bthq,bshq->bhts", q_BTHQ, k_BSHQ, preferred_element_type=jnp.float32
+            "bthq,bhsq->bhts", q_BTHQ, k_BHSQ, preferred_element_type=jnp.float32
         ) * (1.0 / Q**0.5)
         scores_BHTS = jnp.where(visible_BTS[:, None], scores_BHTS, jnp.finfo(jnp.float32).min)
-        probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1).astype(v_BSHQ.dtype)
-        y_BTHQ = jnp.einsum("bhts,bshq->bthq", probs_BHTS, v_BSHQ)
-        return y_BTHQ.astype(q_BTHQ.dtype), self.replace(k_BSHQ=k_BSHQ, v_BSHQ=v_BSHQ)
+        probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1).astype(v_BHSQ.dtype)
+        y_BTHQ = jnp.einsum("bhts,bhsq->bthq", probs_BHTS, v_BHSQ)
+        return y_BTHQ.astype(q_BTHQ.dtype), self.replace(k_BHSQ=k_BHSQ, v_BHSQ=v_BHSQ)
 
 
 @flax.struct.dataclass
@@ -121,8 +123,8 @@ def _prefill(
     put = lambda full, part: full.at[slot_b].set(part, mode="drop")
     moved = [
         big.replace(
-            k_BSHQ=big.k_BSHQ.at[slot_b, :P].set(small.k_BSHQ, mode="drop"),
-            v_BSHQ=big.v_BSHQ.at[slot_b, :P].set(small.v_BSHQ, mode="drop"),
+            k_BHSQ=big.k_BHSQ.at[slot_b, :, :P].set(small.k_BHSQ, mode="drop"),
+            v_BHSQ=big.v_BHSQ.at[slot_b, :, :P].set(small.v_BHSQ, mode="drop"),
             index=put(big.index, len_b[:, None]),
         )
         for big, small in zip(slots.caches, caches, strict=True)
