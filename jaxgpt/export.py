@@ -305,6 +305,17 @@ def _workdir_tokenizer(workdir: Path, run: dict[str, Any]):
     raise FileNotFoundError(f"{workdir} has no tokenizer.model or tokenizer.json")
 
 
+def open_for_export(workdir: str | Path, out_dir: str | Path, step: int | None):
+    """What every export writes from: (GPTConfig, tokenizer path, tokenizer, params, step)."""
+    workdir, out_dir = Path(workdir), Path(out_dir)
+    if out_dir.resolve() == workdir.resolve():
+        raise ValueError("--out must not be the workdir: its config.json would be overwritten")
+    cfg, run = workdir_config(workdir)
+    tokenizer_path, tokenizer = _workdir_tokenizer(workdir, run)
+    params, step = restore_params(workdir, step)
+    return cfg, tokenizer_path, tokenizer, params, step
+
+
 def export_hf(
     workdir: str | Path, out_dir: str | Path, dtype: str = "float32", step: int | None = None
 ) -> Path:
@@ -323,12 +334,8 @@ def export_hf(
     from jaxgpt.hf_tokenizer import write_hf_tokenizer
     from jaxgpt.model import DTYPES
 
-    workdir, out_dir = Path(workdir), Path(out_dir)
-    if out_dir.resolve() == workdir.resolve():
-        raise ValueError("--out must not be the workdir: its config.json would be overwritten")
-    cfg, run = workdir_config(workdir)
-    tokenizer_path, tokenizer = _workdir_tokenizer(workdir, run)
-    params, step = restore_params(workdir, step)
+    cfg, tokenizer_path, tokenizer, params, step = open_for_export(workdir, out_dir, step)
+    out_dir = Path(out_dir)
     # The restored tree is checked against cfg here: a config.json from another run fails.
     tensors = params_to_hf(params, cfg)
     np_dtype = np.dtype(DTYPES[dtype])

@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxgpt.export import _workdir_tokenizer, hf_config, params_to_hf
+from jaxgpt.export import hf_config, open_for_export, params_to_hf
 from jaxgpt.model import GPTConfig
-from jaxgpt.workdir import restore_params, workdir_config
 
 MODEL_FILE = "model.onnx"
 # A protobuf file holds at most 2 GiB: larger models keep their weights in model.onnx.data.
@@ -149,12 +148,8 @@ def export_onnx(
     require_onnx_packages()
     from jaxgpt.hf_tokenizer import write_hf_tokenizer
 
-    workdir, out_dir = Path(workdir), Path(out_dir)
-    if out_dir.resolve() == workdir.resolve():
-        raise ValueError("--out must not be the workdir: its config.json would be overwritten")
-    cfg, run = workdir_config(workdir)
-    tokenizer_path, tokenizer = _workdir_tokenizer(workdir, run)
-    params, step = restore_params(workdir, step)
+    cfg, tokenizer_path, tokenizer, params, step = open_for_export(workdir, out_dir, step)
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = to_onnx(params, cfg, out_dir / MODEL_FILE)
     eot = tokenizer.eot_id

@@ -184,7 +184,7 @@ class LayerCache:
 
     def attend(self, q_BTHQ, k_BTHQ, v_BTHQ) -> tuple[jax.Array, LayerCache]:
         """Write this step's keys/values at `index`, attend over everything filled so far."""
-        T, S, Q = q_BTHQ.shape[1], self.k_BHSQ.shape[2], q_BTHQ.shape[-1]
+        T, S = q_BTHQ.shape[1], self.k_BHSQ.shape[2]
         start = (0, 0, self.index, 0)
         new_k = k_BTHQ.astype(self.k_BHSQ.dtype).transpose(0, 2, 1, 3)
         new_v = v_BTHQ.astype(self.v_BHSQ.dtype).transpose(0, 2, 1, 3)
@@ -195,13 +195,19 @@ class LayerCache:
         visible_BTS = (k_pos_S[None, None, :] <= q_pos_T[None, :, None]) & (
             k_pos_S[None, None, :] >= self.pad_B[:, None, None]
         )
-        scores_BHTS = jnp.einsum(
-            "bthq,bhsq->bhts", q_BTHQ, k_BHSQ, preferred_element_type=jnp.float32
-        ) * (1.0 / Q**0.5)
-        scores_BHTS = jnp.where(visible_BTS[:, None], scores_BHTS, jnp.finfo(jnp.float32).min)
-        probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1).astype(v_BHSQ.dtype)
-        y_BTHQ = jnp.einsum("bhts,bhsq->bthq", probs_BHTS, v_BHSQ)
-        return y_BTHQ.astype(q_BTHQ.dtype), self.replace(k_BHSQ=k_BHSQ, v_BHSQ=v_BHSQ)
+        y_BTHQ = cached_attention(q_BTHQ, k_BHSQ, v_BHSQ, visible_BTS)
+        return y_BTHQ, self.replace(k_BHSQ=k_BHSQ, v_BHSQ=v_BHSQ)
+
+
+def cached_attention(q_BTHQ, k_BHSQ, v_BHSQ, visible_BTS) -> jax.Array:
+    """Attention of T new queries over a cache's S positions, where visible_BTS allows."""
+    Q = q_BTHQ.shape[-1]
+    scores_BHTS = jnp.einsum(
+        "bthq,bhsq->bhts", q_BTHQ, k_BHSQ, preferred_element_type=jnp.float32
+    ) * (1.0 / Q**0.5)
+    scores_BHTS = jnp.where(visible_BTS[:, None], scores_BHTS, jnp.finfo(jnp.float32).min)
+    probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1).astype(v_BHSQ.dtype)
+    return jnp.einsum("bhts,bhsq->bthq", probs_BHTS, v_BHSQ).astype(q_BTHQ.dtype)
 
 
 def init_cache(config: GPTConfig, batch: int, pad_B: jax.Array | None = None) -> list[LayerCache]:

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgpt.model import GPT, GPTConfig
+from jaxgpt.model import GPT, GPTConfig, cached_attention
 from jaxgpt.sample import pick_tokens, unscan_params
 
 # Most rows one prefill call takes; more arrivals are prefilled in several calls. Caps the
@@ -55,7 +55,7 @@ class RowCache:
 
     def attend(self, q_BTHQ, k_BTHQ, v_BTHQ) -> tuple[jax.Array, RowCache]:
         """Write this step's keys/values at each row's index, attend over its filled part."""
-        T, S, Q = q_BTHQ.shape[1], self.k_BHSQ.shape[2], q_BTHQ.shape[-1]
+        T, S = q_BTHQ.shape[1], self.k_BHSQ.shape[2]
         at_row = jax.vmap(lambda buf, new, i: jax.lax.dynamic_update_slice(buf, new, (0, i, 0)))
         start_B = self.index[:, 0]
         new_k = k_BTHQ.astype(self.k_BHSQ.dtype).transpose(0, 2, 1, 3)
@@ -64,13 +64,8 @@ class RowCache:
         v_BHSQ = at_row(self.v_BHSQ, new_v, start_B)
         q_pos_BT = self.index + jnp.arange(T)[None, :]
         visible_BTS = jnp.arange(S)[None, None, :] <= q_pos_BT[:, :, None]
-        scores_BHTS = jnp.einsum(
-            "bthq,bhsq->bhts", q_BTHQ, k_BHSQ, preferred_element_type=jnp.float32
-        ) * (1.0 / Q**0.5)
-        scores_BHTS = jnp.where(visible_BTS[:, None], scores_BHTS, jnp.finfo(jnp.float32).min)
-        probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1).astype(v_BHSQ.dtype)
-        y_BTHQ = jnp.einsum("bhts,bhsq->bthq", probs_BHTS, v_BHSQ)
-        return y_BTHQ.astype(q_BTHQ.dtype), self.replace(k_BHSQ=k_BHSQ, v_BHSQ=v_BHSQ)
+        y_BTHQ = cached_attention(q_BTHQ, k_BHSQ, v_BHSQ, visible_BTS)
+        return y_BTHQ, self.replace(k_BHSQ=k_BHSQ, v_BHSQ=v_BHSQ)
 
 
 @flax.struct.dataclass
