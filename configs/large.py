@@ -9,6 +9,7 @@ def get_config():
     c.model.n_layer = 36
     c.model.n_head = 20
     c.model.n_embd = 1280
+    c.model.dtype = "bfloat16"  # bf16 matmuls on GPU/TPU; master weights stay float32
     c.model.scan_layers = True
     c.opt.lr = 2.5e-4
     c.opt.min_lr = 2.5e-5

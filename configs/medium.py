@@ -9,6 +9,7 @@ def get_config():
     c.model.n_layer = 24
     c.model.n_head = 16
     c.model.n_embd = 1024
+    c.model.dtype = "bfloat16"  # bf16 matmuls on GPU/TPU; master weights stay float32
     c.opt.lr = 3e-4
     c.opt.min_lr = 3e-5
     return c

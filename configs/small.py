@@ -9,6 +9,7 @@ def get_config():
     c.model.n_layer = 12
     c.model.n_head = 12
     c.model.n_embd = 768
+    c.model.dtype = "bfloat16"  # bf16 matmuls on GPU/TPU; master weights stay float32
     c.opt.lr = 6e-4
     c.opt.min_lr = 6e-5
     return c

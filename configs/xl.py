@@ -9,10 +9,12 @@ def get_config():
     c.model.n_layer = 48
     c.model.n_head = 25
     c.model.n_embd = 1600
+    c.model.dtype = "bfloat16"  # bf16 matmuls on GPU/TPU; master weights stay float32
     c.model.scan_layers = True
     c.model.remat = "full"
     c.opt.lr = 2e-4
     c.opt.min_lr = 2e-5
+    c.train.batch_size = 512  # GPT-2's batch; divisible by 64, 128, 256 devices
     c.mesh.data = 1
     c.mesh.fsdp = -1
     return c

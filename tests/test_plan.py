@@ -160,8 +160,9 @@ def test_more_fsdp_means_less_state_per_device():
 
 
 def test_fit_verdict_and_suggestions():
-    """GPT-2 small at batch 60 per device overflows 80 GB; remat or microbatches make it fit."""
-    small = load("small")
+    """GPT-2 small in float32 at batch 60 per device overflows 80 GB; remat or microbatches
+    make it fit."""
+    small = load("small", **{"model.dtype": "float32"})
     p = h100(small, 8, 80)
     assert not p.fits and p.margin_bytes < 0
     by_key = {s.overrides[0][0]: s for s in p.suggestions}
@@ -193,7 +194,7 @@ def test_time_estimate_formula():
 
 def test_abstract_devices_and_nothing_allocated():
     """1024 devices that do not exist; no array is created; trainer refusals become warnings."""
-    xl = load("xl", **{"mesh.data": -1, "mesh.fsdp": 64, "mesh.tensor": 2})
+    xl = load("xl", **{"mesh.data": -1, "mesh.fsdp": 64, "mesh.tensor": 2, "train.batch_size": 480})
     before = len(jax.live_arrays())
     with jax.transfer_guard("disallow"):  # no host data reaches a device either
         p = h100(xl, 1024, 95)
