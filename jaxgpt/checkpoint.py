@@ -25,7 +25,7 @@ def _path_name(path: tuple) -> str:
     return "/".join(parts)
 
 
-def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
+def shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
     return {
         _path_name(path): tuple(leaf.shape)
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
@@ -71,8 +71,8 @@ class Checkpointer:
     def _check_shapes(self, step: int, abstract_state: Any) -> None:
         stored = self.manager.item_metadata(step)
         stored_tree = getattr(stored, "tree", stored)
-        stored_shapes = _shapes_by_path(stored_tree)
-        wanted = _shapes_by_path(abstract_state)
+        stored_shapes = shapes_by_path(stored_tree)
+        wanted = shapes_by_path(abstract_state)
         problems = []
         # Parameters first: they say what differs in words a user knows (wte, h_0, ...).
         for key in sorted(

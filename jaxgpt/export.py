@@ -325,7 +325,7 @@ def export_hf(
         workdir: a jaxgpt run directory (checkpoints/, config.json, tokenizer).
         out_dir: the folder to write (created; files in it are replaced).
         dtype: "float32" or "bfloat16" weights.
-        step: the checkpoint step; None = the latest.
+        step: the checkpoint step; None = the best params if kept, else the latest.
     """
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
@@ -371,7 +371,12 @@ def main(argv: list[str] | None = None) -> None:
         "--format", default="hf", choices=("hf", "onnx"), help="onnx needs the [onnx] extra"
     )
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    parser.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="checkpoint step (default: the best params if the run kept them, else the latest)",
+    )
     args = parser.parse_args(argv)
     if args.format == "onnx":
         # Imported here: torch and onnx load only when this format is asked for.

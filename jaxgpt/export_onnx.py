@@ -134,7 +134,7 @@ def export_onnx(
         workdir: a jaxgpt run directory (checkpoints/, config.json, tokenizer).
         out_dir: the folder to write (created; files in it are replaced).
         dtype: "float32" only: onnxruntime's CPU kernels have no bfloat16 matmuls.
-        step: the checkpoint step; None = the latest.
+        step: the checkpoint step; None = the best params if kept, else the latest.
 
     Returns:
         The model file's path and the max |logit difference| against jaxgpt (a self-check

@@ -32,7 +32,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top_p", type=float, default=1.0, help="1 = off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_samples", type=int, default=1, help="samples per prompt")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="checkpoint step (default: the best params if the run kept them, else the latest)",
+    )
     return p.parse_args(argv)
 
 

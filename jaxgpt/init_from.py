@@ -17,13 +17,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
+from jaxgpt.checkpoint import shapes_by_path
 from jaxgpt.model import GPTConfig
 from jaxgpt.state import Trainer, TrainState
 
@@ -188,13 +188,7 @@ def _stacked(params: dict[str, Any], n_layer: int) -> dict[str, Any]:
 
 def check_shapes(params: dict[str, Any], expected: Any, source: Source) -> None:
     """Every array present with the model's shape, or an error listing the differences."""
-    have = {
-        "/".join(map(str, k)): v.shape for k, v in flax.traverse_util.flatten_dict(params).items()
-    }
-    want = {
-        "/".join(map(str, k)): tuple(v.shape)
-        for k, v in flax.traverse_util.flatten_dict(expected).items()
-    }
+    have, want = shapes_by_path(params), shapes_by_path(expected)
     problems = [
         f"  {key}: weights {have.get(key)}, model {want.get(key)}"
         for key in sorted(set(have) | set(want))

@@ -94,7 +94,8 @@ def workdir_config(workdir: str | Path) -> tuple[GPTConfig, dict[str, Any]]:
 
 
 def load_run(workdir: str | Path, step: int | None = None) -> Run:
-    """Config from config.json, params from the latest (or given) checkpoint, the tokenizer."""
+    """Config from config.json, params (see restore_params: best, else latest, or `step`),
+    and the tokenizer."""
     path = Path(workdir)
     model_cfg, config = workdir_config(path)
     params, step = restore_params(path, step)

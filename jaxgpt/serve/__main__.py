@@ -22,7 +22,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         required=True,
         help="a training run's directory, or a Hugging Face folder it was exported to",
     )
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="checkpoint step (default: the best params if the run kept them, else the latest)",
+    )
     p.add_argument(
         "--model_name",
         default=None,
