@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from jaxgpt import host_memory
 from jaxgpt.model import GPT, GPTConfig
 from jaxgpt.optimizer import OptConfig, make_optimizer, make_schedule
 from jaxgpt.sharding import MeshConfig, make_mesh
@@ -132,8 +133,15 @@ def main() -> None:
     p.add_argument("--fsdp", action="store_true", help="shard over the devices with fsdp, not data")
     p.add_argument("--no_torch", action="store_true", help="skip the PyTorch side")
     p.add_argument("--torch_threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument(
+        "--keep_malloc_defaults",
+        action="store_true",
+        help="skip host_memory.keep_freed_memory (glibc's defaults: a page-faulting XLA step)",
+    )
     p.add_argument("--breakdown", action="store_true", help="also time forward, forward+backward")
     args = p.parse_args()
+    if not args.keep_malloc_defaults:
+        host_memory.keep_freed_memory()  # as jaxgpt.train does; applies to both sides
     shape = {
         k: getattr(args, k)
         for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from jaxgpt import config as config_lib
+from jaxgpt import host_memory
 from jaxgpt import metrics as metrics_lib
 from jaxgpt import sharding as sharding_lib
 from jaxgpt.model import GPT, GPTConfig, count_params, flops_per_token
@@ -202,6 +203,7 @@ def benchmark(
     if steps < 1 or warmup < 0:
         raise ValueError(f"--steps must be >= 1 and --warmup >= 0, got {steps}, {warmup}")
     rc = config_lib.run_config(config)
+    host_memory.keep_freed_memory()  # as train does: the step runs without page faults
     data = None
     if data_dir is not None:
         from jaxgpt.data.build import prepare_dataset

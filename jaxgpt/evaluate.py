@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgpt import host_memory
 from jaxgpt.state import next_token_loss
 
 
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--json", help="also write the result to this file")
     args = p.parse_args(argv)
+    host_memory.keep_freed_memory()
     try:
         result = evaluate(args.workdir, args.sources, args.batch_size)
     except (ValueError, FileNotFoundError) as e:

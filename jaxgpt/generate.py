@@ -14,6 +14,8 @@ from pathlib import Path
 
 import jax
 
+from jaxgpt import host_memory
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m jaxgpt.generate", description=__doc__)
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     from jaxgpt.workdir import load_run
 
     args = parse_args(argv)
+    host_memory.keep_freed_memory()
     if args.max_tokens < 1 or args.num_samples < 1:
         sys.exit("error: --max_tokens and --num_samples must be at least 1")
     try:

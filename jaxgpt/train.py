@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxgpt import config as config_lib
-from jaxgpt import distributed
+from jaxgpt import distributed, host_memory
 from jaxgpt import init_from as init_from_lib
 from jaxgpt import metrics as metrics_lib
 from jaxgpt import sharding as sharding_lib
@@ -163,6 +163,7 @@ def train(
         source = init_from_lib.resolve(config.init_from)
         init_notes = init_from_lib.apply_to_config(config, source)
     rc = config_lib.run_config(config)
+    host_memory.keep_freed_memory()
     distributed.initialize(rc.dist)  # before anything asks JAX about devices
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+from jaxgpt import host_memory
 from jaxgpt.serve.server import Options, serve
 
 
@@ -114,6 +115,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
+    host_memory.keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         options = options_from_args(parse_args(argv))
