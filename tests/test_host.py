@@ -1,0 +1,112 @@
+"""Host setup for CPU runs: glibc keeps freed memory (no page-faulting steps), and the CPU host
+is split into one JAX device per core."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from jaxgpt import cpu_devices
+from jaxgpt.sharding import MeshConfig
+from tests.conftest import REPO
+
+
+def _run(code: str, env_extra: dict[str, str] | None = None) -> dict:
+    """Run code in a fresh interpreter (JAX not yet started, no test XLA_FLAGS); its last
+    stdout line is JSON."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update({"JAX_PLATFORMS": "cpu", **(env_extra or {})})
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# The tiny char-level train step of benchmarks/step_time.py: its XLA temporary buffer (~50 MB)
+# is far above glibc's mmap threshold, so with glibc's defaults every step maps it anew and
+# faults about 12,500 pages in.
+PAGE_FAULTS = """
+import argparse, json, resource, sys
+sys.path.insert(0, "benchmarks")
+from jaxgpt import host_memory
+applied = host_memory.keep_freed_memory()
+import step_time
+args = argparse.Namespace(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128,
+    dtype="float32", remat="none", scan_layers=False, attention="auto", loss_chunk=0,
+    devices=1, fsdp=False, batch_size=12)
+step = step_time.jax_stepper(args)[0]
+for _ in range(20):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    step()
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20
+print(json.dumps({"applied": applied, "faults_per_step": faults}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
+def test_keep_freed_memory_stops_page_faults_per_step():
+    kept = _run(PAGE_FAULTS)
+    default = _run(PAGE_FAULTS, {"JAXGPT_KEEP_HOST_MEMORY": "0"})
+    assert kept["applied"] is True and default["applied"] is False
+    # glibc's defaults: ~12,500 4 KiB pages faulted in per step; kept: a few hundred at most.
+    assert default["faults_per_step"] > 5000, default
+    assert kept["faults_per_step"] < default["faults_per_step"] / 8, (kept, default)
+
+
+@pytest.mark.parametrize(
+    "mesh, batches, cores, expected",
+    [
+        (MeshConfig(), (12, 12), 2, 2),  # one device per core
+        (MeshConfig(), (12, 12), 64, 6),  # capped at 8, and 8 does not divide 12
+        (MeshConfig(), (12, 8), 8, 4),  # must divide the eval batch too
+        (MeshConfig(), (7,), 2, 1),  # a prime batch stays on one device
+        (MeshConfig(1, -1, 1), (16,), 4, 4),  # fsdp=-1 splits the same way
+        (MeshConfig(-1, 1, 2), (12,), 8, 8),  # tensor=2: the batch splits 4 ways on 8
+        (MeshConfig(1, 2, 1), (12,), 8, 2),  # every axis fixed: their product
+        (MeshConfig(1, 1, -1), (12,), 8, 1),  # tensor=-1 is not split automatically
+    ],
+)
+def test_auto_count(mesh, batches, cores, expected):
+    assert cpu_devices.auto_count(mesh, batches, cores) == expected
+
+
+def test_configure_splits_a_fresh_cpu_backend():
+    code = """
+    import json
+    from jaxgpt import cpu_devices
+    from jaxgpt.sharding import MeshConfig
+    note = cpu_devices.configure(0, MeshConfig(), (12, 12))
+    import jax
+    print(json.dumps({"note": note, "devices": jax.device_count(),
+                      "cores": cpu_devices.usable_cores()}))
+    """
+    r = _run(code)
+    expected = cpu_devices.auto_count(MeshConfig(), (12, 12), r["cores"])
+    assert r["devices"] == expected
+    assert r["note"].startswith(f"CPU backend: {expected} device")
+    explicit = _run(code.replace("configure(0,", "configure(3,"))
+    assert explicit["devices"] == 3 and "mesh.cpu_devices" in explicit["note"]
+    # An explicit XLA device count wins and configure says it did nothing.
+    flags = _run(code, {"XLA_FLAGS": "--xla_force_host_platform_device_count=5"})
+    assert flags["devices"] == 5 and flags["note"] is None
+
+
+def test_configure_after_jax_started_does_nothing(monkeypatch):
+    import jax
+
+    jax.devices()  # the test process's backend exists already
+    monkeypatch.delenv("XLA_FLAGS")  # so only the started backend stops configure
+    assert cpu_devices.configure(0, MeshConfig(), (12,)) is None
+    with pytest.raises(ValueError, match=r"mesh\.cpu_devices"):
+        cpu_devices.configure(-1, MeshConfig(), (12,))
