@@ -5,16 +5,19 @@ batch 12, vocab 65). Both sides time forward + backward + clip + AdamW and wait 
 of every step (block_until_ready / loss.item()), on synthetic tokens, after warm-up. The two
 run in alternating rounds of --round steps in one process, so both see the same machine load.
 
-    python benchmarks/step_time.py [--steps 200] [--torch_threads 1] [--n_layer 4 ...]
-    # both CPU cores as two devices, parameters sharded over them:
-    XLA_FLAGS=--xla_force_host_platform_device_count=2 \
-        python benchmarks/step_time.py --devices 2 --fsdp
+jaxgpt runs as `python -m jaxgpt.train` would on this host: glibc keeps freed memory
+(jaxgpt/host_memory.py) and the host is split into one device per core, data-parallel
+(jaxgpt/cpu_devices.py, --devices 0). --compare_one_device also times one device on all cores.
+
+    python benchmarks/step_time.py [--steps 200] [--compare_one_device] [--n_layer 4 ...]
+    python benchmarks/step_time.py --devices 2 --fsdp   # parameters sharded over two devices
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -26,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jaxgpt import host_memory
+from jaxgpt import cpu_devices, host_memory
 from jaxgpt.model import GPT, GPTConfig
 from jaxgpt.optimizer import OptConfig, make_optimizer, make_schedule
 from jaxgpt.sharding import MeshConfig, make_mesh
@@ -129,7 +132,15 @@ def main() -> None:
     p.add_argument("--remat", default="none", help="none | full | dots | names")
     p.add_argument("--attention", default="auto", help="auto | xla | einsum | cudnn")
     p.add_argument("--scan_layers", action="store_true")
-    p.add_argument("--devices", type=int, default=1, help="data-parallel over this many devices")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=0,
+        help="CPU devices (0 = as jaxgpt.train: one per core, dividing the batch)",
+    )
+    p.add_argument(
+        "--compare_one_device", action="store_true", help="also time jaxgpt on one device"
+    )
     p.add_argument("--fsdp", action="store_true", help="shard over the devices with fsdp, not data")
     p.add_argument("--no_torch", action="store_true", help="skip the PyTorch side")
     p.add_argument("--torch_threads", type=int, default=None, help="torch.set_num_threads")
@@ -142,12 +153,20 @@ def main() -> None:
     args = p.parse_args()
     if not args.keep_malloc_defaults:
         host_memory.keep_freed_memory()  # as jaxgpt.train does; applies to both sides
+    if args.devices == 0:
+        mesh = MeshConfig(1, -1, 1) if args.fsdp else MeshConfig()
+        args.devices = cpu_devices.auto_count(mesh, (args.batch_size,), cpu_devices.usable_cores())
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        jax.config.update("jax_num_cpu_devices", args.devices)
     shape = {
         k: getattr(args, k)
         for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")
     }
     jax_step, compile_s, model, params_and_batch = jax_stepper(args)
     steppers = {"jax": jax_step}
+    if args.compare_one_device and args.devices > 1:
+        one = argparse.Namespace(**{**vars(args), "devices": 1, "fsdp": False})
+        steppers["jax_1"] = jax_stepper(one)[0]
     if not args.no_torch:
         from torch_baseline import TorchStepper
 
@@ -182,6 +201,9 @@ def main() -> None:
         f"compile {jax_result['compile_s']} s)"
     )
     result = {"shape": shape, "jax": jax_result}
+    if "jax_1" in times:
+        result["jax_one_device_ms"] = _ms(times["jax_1"])
+        print(f"jaxgpt  {result['jax_one_device_ms']:8.2f} ms/step median on 1 device (all cores)")
     if not args.no_torch:
         from torch_baseline import summarize
 
@@ -194,6 +216,10 @@ def main() -> None:
         verdict = "jaxgpt faster" if ratio > 1 else "torch faster"
         print(f"ratio   torch/jaxgpt = {ratio:.2f}x ({verdict})")
         result.update(torch=torch_result, torch_over_jax=round(ratio, 3))
+        if "jax_1" in times:
+            one_ratio = torch_result["median_ms"] / result["jax_one_device_ms"]
+            print(f"ratio   torch/jaxgpt on 1 device = {one_ratio:.2f}x")
+            result["torch_over_jax_one_device"] = round(one_ratio, 3)
     print(json.dumps(result))
 
 

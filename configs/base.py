@@ -101,6 +101,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1  # data-parallel axis size (-1 = all devices left over)
     c.mesh.fsdp = 1  # fully sharded data-parallel axis size (params, grads, optimizer sharded)
     c.mesh.tensor = 1  # tensor-parallel axis size (heads, MLP and vocab split)
+    # CPU runs: devices the host is split into (0 = auto: one per core, at most 8, dividing the
+    # batch; 1 = one device on all cores). Ignored when XLA_FLAGS sets a device count.
+    c.mesh.cpu_devices = 0
     # Logical axis -> mesh axes. Params use vocab/embed/heads/kv/mlp/norm/pos/layers;
     # activations use the act_* names.
     c.mesh.rules = (

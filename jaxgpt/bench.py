@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from jaxgpt import config as config_lib
-from jaxgpt import host_memory
+from jaxgpt import cpu_devices, host_memory
 from jaxgpt import metrics as metrics_lib
 from jaxgpt import sharding as sharding_lib
 from jaxgpt.model import GPT, GPTConfig, count_params, flops_per_token
@@ -203,7 +203,9 @@ def benchmark(
     if steps < 1 or warmup < 0:
         raise ValueError(f"--steps must be >= 1 and --warmup >= 0, got {steps}, {warmup}")
     rc = config_lib.run_config(config)
-    host_memory.keep_freed_memory()  # as train does: the step runs without page faults
+    # As train does: no page-faulting step buffers; the CPU host split into one device per core.
+    host_memory.keep_freed_memory()
+    cpu_devices.configure(rc.mesh.cpu_devices, rc.mesh, (rc.train.micro_batch_size,))
     data = None
     if data_dir is not None:
         from jaxgpt.data.build import prepare_dataset

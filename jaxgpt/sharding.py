@@ -24,6 +24,7 @@ class MeshConfig:
     fsdp: int = 1
     tensor: int = 1
     rules: Rules = ()
+    cpu_devices: int = 0  # CPU backend only: see jaxgpt/cpu_devices.py
 
 
 def resolve_mesh_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, int, int]:

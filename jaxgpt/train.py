@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxgpt import config as config_lib
-from jaxgpt import distributed, host_memory
+from jaxgpt import cpu_devices, distributed, host_memory
 from jaxgpt import init_from as init_from_lib
 from jaxgpt import metrics as metrics_lib
 from jaxgpt import sharding as sharding_lib
@@ -164,11 +164,19 @@ def train(
         init_notes = init_from_lib.apply_to_config(config, source)
     rc = config_lib.run_config(config)
     host_memory.keep_freed_memory()
+    eval_batch = rc.train.eval_batch_size or rc.train.micro_batch_size
+    cpu_note = None
+    if distributed.init_arguments(rc.dist) is None:  # one process: may split the CPU host
+        cpu_note = cpu_devices.configure(
+            rc.mesh.cpu_devices, rc.mesh, (rc.train.micro_batch_size, eval_batch)
+        )
     distributed.initialize(rc.dist)  # before anything asks JAX about devices
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     say = print if is_main else (lambda *a, **k: None)
+    if cpu_note and jax.default_backend() == "cpu":
+        say(cpu_note)
     distributed.check_same_everywhere("config", config_lib.to_json(config))
 
     # Process 0 builds the data dir; the others then find it current (shared storage) or build
@@ -182,7 +190,6 @@ def train(
     gpt_cfg = config_lib.model_config(rc.model, data.vocab_size)
     mesh = sharding_lib.make_mesh(rc.mesh)
     n_batch = sharding_lib.batch_axis_size(mesh, rc.mesh.rules)
-    eval_batch = rc.train.eval_batch_size or rc.train.micro_batch_size
     _check_batch_divisible(rc, n_batch, eval_batch)
     if is_main:
         _write_workdir_files(workdir, config, gpt_cfg, data)

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from jaxgpt import cpu_devices
 from jaxgpt import metrics as metrics_lib
 from jaxgpt.bench import benchmark, format_result
 from jaxgpt.config import load_config_file, override
 from jaxgpt.model import GPTConfig, flops_per_token
+from jaxgpt.sharding import MeshConfig
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = {
@@ -91,5 +93,7 @@ def test_cli_prints_report_and_json():
     for head in ("compile", "step", "tokens/s", "MFU", "memory", "input"):
         assert any(line.startswith(head) for line in lines), head
     summary = json.loads(lines[-1])
-    assert summary["steps"] == 2 and summary["n_devices"] == 1 and summary["mfu"] is None
+    # As train does, the CPU host is split into one device per core (dividing the batch of 8).
+    n_devices = cpu_devices.auto_count(MeshConfig(), (8,), cpu_devices.usable_cores())
+    assert summary["steps"] == 2 and summary["n_devices"] == n_devices and summary["mfu"] is None
     assert summary["median_step_ms"] > 0
