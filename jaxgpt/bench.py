@@ -23,13 +23,15 @@ import ml_collections
 import numpy as np
 
 from jaxgpt import config as config_lib
-from jaxgpt import cpu_devices, host_memory
+from jaxgpt import cpu_devices, host_memory, profile_ops
 from jaxgpt import metrics as metrics_lib
 from jaxgpt import sharding as sharding_lib
 from jaxgpt.model import GPT, GPTConfig, count_params, flops_per_token
 from jaxgpt.optimizer import make_optimizer, make_schedule
 from jaxgpt.plan import resolve_model
 from jaxgpt.state import Trainer, make_trainer
+
+PROFILE_LINES = 15  # operations shown of the profile (most device time first)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,7 @@ class BenchResult:
     host_peak_rss_bytes: int
     input: str  # "synthetic" or the data dir
     input_wait_frac: float | None
+    profile: list[profile_ops.OpTime] | None = None  # with profile_dir: all ops, most first
 
     @property
     def median_step_s(self) -> float:
@@ -83,6 +86,8 @@ class BenchResult:
         """The headline figures as plain numbers (the CLI's JSON line)."""
         fields = dataclasses.asdict(self)
         del fields["step_s"]
+        if fields["profile"] is not None:
+            fields["profile"] = fields["profile"][:PROFILE_LINES]
         return {
             **fields,
             "median_step_ms": round(1000 * self.median_step_s, 3),
@@ -189,6 +194,8 @@ def benchmark(
     steps: int = 20,
     warmup: int = 3,
     data_dir: str | Path | None = None,
+    profile_dir: str | Path | None = None,
+    profile_steps: int = 5,
 ) -> BenchResult:
     """Compile the config's train step once, run warmup + steps of it, and measure.
 
@@ -199,6 +206,8 @@ def benchmark(
         warmup: untimed steps run first.
         data_dir: a prepared data dir to read real batches from through the training input
             pipeline (built from the config's data section if missing); None = synthetic.
+        profile_dir: also run profile_steps more steps under jax.profiler, write the trace
+            there (TensorBoard / Perfetto can open it) and report the top operations.
     """
     if steps < 1 or warmup < 0:
         raise ValueError(f"--steps must be >= 1 and --warmup >= 0, got {steps}, {warmup}")
@@ -243,6 +252,16 @@ def benchmark(
     state, times, waited = _run_steps(compiled, state, batches, rng, total)
     jax.block_until_ready(state)
     timed = times[warmup:]
+    profile = None
+    if profile_dir is not None:
+        holder = {"state": state}
+
+        def one_step():
+            holder["state"], metrics = compiled(holder["state"], next(batches), rng)
+            return metrics["loss"]
+
+        profile_ops.trace_steps(one_step, profile_steps, profile_dir)
+        profile = profile_ops.top_ops(profile_dir, profile_steps, compiled.as_text(), None)
     return BenchResult(
         date=datetime.date.today().isoformat(),
         device_kind=jax.devices()[0].device_kind,
@@ -268,6 +287,7 @@ def benchmark(
         host_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         input="synthetic" if data is None else str(data_dir),
         input_wait_frac=None if data is None else waited / max(sum(times), 1e-9),
+        profile=profile,
     )
 
 
@@ -318,6 +338,15 @@ def format_result(r: BenchResult) -> str:
         f"RSS {_gb(r.host_peak_rss_bytes)}",
         f"input      {wait}",
     ]
+    if r.profile:
+        lines.append(
+            "profile    device time per step by operation (fwd / bwd / update; kernels summed "
+            "over devices):"
+        )
+        lines += [
+            f"  {op.ms_per_step:9.3f} ms  ×{op.kernels_per_step:<5.0f} {op.name}"
+            for op in r.profile[:PROFILE_LINES]
+        ]
     return "\n".join(lines)
 
 
@@ -327,18 +356,19 @@ def main(argv: list[str] | None = None) -> None:
 
     usage = (
         "usage: python -m jaxgpt.bench --config configs/small.py [--config.x=y ...] "
-        "[--steps N] [--warmup N] [--data DIR]"
+        "[--steps N] [--warmup N] [--data DIR] [--profile DIR]"
     )
 
     def define() -> None:
         flags.DEFINE_integer("steps", 20, "Timed steps (the median is reported).")
         flags.DEFINE_integer("warmup", 3, "Untimed steps after the first.")
         flags.DEFINE_string("data", None, "Prepared data dir: real batches via tf.data.")
+        flags.DEFINE_string("profile", None, "Also trace 5 steps into this dir; print top ops.")
 
     config = config_lib.parse_command_line(argv, usage, define)
     f = flags.FLAGS
     try:
-        result = benchmark(config, f.steps, f.warmup, f.data)
+        result = benchmark(config, f.steps, f.warmup, f.data, f.profile)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     print(format_result(result))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxgpt import cpu_devices
+from jaxgpt import cpu_devices, profile_ops
 from jaxgpt import metrics as metrics_lib
 from jaxgpt.bench import benchmark, format_result
 from jaxgpt.config import load_config_file, override
@@ -52,6 +52,36 @@ def test_bench_figures_and_mfu_formula():
     assert f"{100 * r.mfu:.1f}% of" in text
     assert r.input_wait_frac is None and "synthetic" in text
     json.dumps(r.summary())  # plain numbers only
+
+
+def test_bench_profile_groups_device_time_by_model_operation(tmp_path):
+    r = benchmark(tiny_config(), steps=2, warmup=0, profile_dir=tmp_path / "trace")
+    assert list((tmp_path / "trace").glob("plugins/profile/*/*.trace.json.gz"))
+    assert r.profile and all(op.ms_per_step > 0 and op.kernels_per_step > 0 for op in r.profile)
+    names = [op.name for op in r.profile]
+    assert all(n.split()[0] in ("fwd", "bwd", "update", "(xla)") for n in names), names
+    # The layers' matmuls are folded across layers and show up, forward and backward.
+    assert any(n.startswith("fwd h_*/") and n.endswith("dot_general") for n in names), names
+    assert any(n.startswith("bwd h_*/") for n in names), names
+    assert [op.ms_per_step for op in r.profile] == sorted(
+        (op.ms_per_step for op in r.profile), reverse=True
+    )
+    text = format_result(r)
+    assert "profile" in text and names[0] in text
+    assert r.summary()["profile"][0]["name"] == names[0]
+
+
+def test_readable_op_names():
+    assert (
+        profile_ops.readable(
+            "jit(train_step)/transpose(jvp(GPT))/GPT._trunk/h_11/mlp/c_fc/dot_general"
+        )
+        == "bwd h_*/mlp/c_fc/dot_general"
+    )
+    assert profile_ops.readable("jit(train_step)/jvp(GPT)/GPT.logits/wte.attend/dot_general") == (
+        "fwd GPT.logits/wte.attend/dot_general"
+    )
+    assert profile_ops.readable("jit(train_step)/add") == "update add"
 
 
 def test_bench_without_known_peak_reports_no_mfu():
