@@ -165,6 +165,54 @@ def test_stop_and_logprobs(client):
     assert cut.choices[0].finish_reason == "stop"
 
 
+# Four lines of the training text: 128 characters, one token each for the char model.
+LINES = "".join(f"line {i}: the cat sat on the mat.\n" for i in range(4))
+
+
+def test_past_the_context_matches_generate(client, run_dir):
+    # Context 128, window 64. Greedy: a short prompt, slides after tokens 122, 186 and 250.
+    # Sampled: a 93-token prompt, whose first window still holds 29 prompt tokens.
+    cases = [
+        ("line 3:", {"max_tokens": 300, "temperature": 0.0, "seed": 0}),
+        (LINES[:93], {"max_tokens": 160, "temperature": 0.9, "top_p": 0.95, "seed": 7}),
+    ]
+    for prompt, settings in cases:
+        flags = [f"--{k}={v}" for k, v in settings.items()]
+        expected = generate_cli(run_dir, "--prompt", prompt, "--top_k", "20", *flags)
+        out = client.completions.create(model="run", prompt=prompt, extra_body={"top_k": 20},
+                                        **settings)  # fmt: skip
+        choice, usage = out.choices[0], out.usage
+        assert prompt + choice.text == expected.removesuffix("\n"), settings
+        assert usage.prompt_tokens == len(prompt)
+        # The model emits no end-of-text: the text goes the whole way, well past the context.
+        assert (choice.finish_reason, usage.completion_tokens) == ("length", settings["max_tokens"])
+        assert usage.total_tokens > 128
+
+
+def test_a_sliding_row_leaves_its_batch_neighbours_alone(server):
+    """Rows slide on their own, mid-batch: each text equals the same request sent alone."""
+    base = {"model": "run", "temperature": 0.9, "logprobs": 0}
+    bodies = [
+        {**base, "prompt": LINES[:120], "max_tokens": 60, "seed": 1},  # slides after 9 tokens
+        {**base, "prompt": LINES[:128], "max_tokens": 30, "seed": 2},  # after its first token
+        {**base, "prompt": "line 5:", "max_tokens": 140, "seed": 3, "n": 2},  # after 122
+        *({**base, "prompt": f"line {i}: the", "max_tokens": 50, "seed": 10 + i} for i in range(4)),
+    ]
+    serial, _ = asyncio.run(_fire(server.url, bodies, concurrent=False))
+    together, _ = asyncio.run(_fire(server.url, bodies, concurrent=True))
+    for body, one, many in zip(bodies, serial, together, strict=True):
+        texts = [c["text"] for c in sorted(many["choices"], key=lambda c: c["index"])]
+        assert texts == [c["text"] for c in sorted(one["choices"], key=lambda c: c["index"])]
+        tokens = [len(c["logprobs"]["tokens"]) for c in many["choices"]]
+        assert many["usage"]["completion_tokens"] == sum(tokens)
+        for choice, n in zip(many["choices"], tokens, strict=True):
+            assert choice["finish_reason"] == ("length" if n == body["max_tokens"] else "stop")
+    # The first three requests' rows ran to max_tokens, past the context (seeds chosen so).
+    for reply in together[:3]:
+        assert all(c["finish_reason"] == "length" for c in reply["choices"])
+        assert reply["usage"]["prompt_tokens"] + reply["usage"]["completion_tokens"] > 128
+
+
 def metric(srv: Server, name: str, headers: dict[str, str] | None = None) -> float:
     """One unlabelled value from /metrics."""
     text = httpx.get(srv.url + "/metrics", headers=headers).text
@@ -231,7 +279,8 @@ def test_bad_requests_get_clear_errors_and_serving_goes_on(server, client):
         ({**ok, "temperature": "hot"}, 400, "temperature"),
         ({**ok, "max_tokens": -3}, 400, "max_tokens: Input should be greater than or equal to 1"),
         ({**ok, "max_tokens": 10**9}, 400, "max_tokens=1000000000 is more than this server"),
-        ({**ok, "prompt": "x" * 126}, 400, "more than the model's context of 128 tokens"),
+        ({**ok, "prompt": "x" * 129}, 400, "prompt (129 tokens) is more than the model's context"),
+        ({**ok, "prompt": [[5] * 129]}, 400, "more than the model's context of 128 tokens"),
         ({**ok, "prompt": [[5, 99999]]}, 400, "prompt token ids must be in"),
         ({**ok, "n": 0}, 400, "n: Input should be greater than or equal to 1"),
         ({**ok, "max_tokenz": 5}, 400, "max_tokenz: Extra inputs are not permitted"),
@@ -245,8 +294,9 @@ def test_bad_requests_get_clear_errors_and_serving_goes_on(server, client):
         assert reply.status_code == status, (body if len(content) < 200 else "big", reply.text)
         assert message in reply.json()["error"]["message"], reply.text
     assert httpx.get(server.url + "/v1/nothing").status_code == 404
-    with pytest.raises(openai.BadRequestError, match="context"):
-        client.completions.create(model="run", prompt="x" * 126, max_tokens=4)
+    with pytest.raises(openai.BadRequestError, match="shorten the prompt") as error:
+        client.completions.create(model="run", prompt="x" * 129, max_tokens=4)
+    assert error.value.code == "context_length_exceeded"
     reply = post(json.dumps(ok).encode())
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1
 

@@ -58,7 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max_tokens_cap",
         type=int,
         default=None,
-        help="largest max_tokens a request may ask for (default: the context)",
+        help="largest max_tokens a request may ask for (default: 4 × the model's context; "
+        "past the context a row slides, see docs/serving.md)",
     )
     p.add_argument(
         "--graceful_timeout",

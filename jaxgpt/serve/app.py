@@ -33,6 +33,9 @@ from jaxgpt.serve.protocol import (
 
 log = logging.getLogger("jaxgpt.serve")
 ENDPOINTS = ("/v1/completions", "/v1/models", "/health", "/metrics")
+# Default max_tokens cap, in contexts. Past the context a row slides (see engine.py), so the
+# cap bounds how long one choice holds a slot, not what fits the cache.
+CAP_CONTEXTS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +44,11 @@ class Settings:
 
     api_key: str | None = None
     max_body_bytes: int = 1_000_000
-    max_tokens_cap: int | None = None  # None: the model's context
+    max_tokens_cap: int | None = None  # None: CAP_CONTEXTS × the model's context
+
+    def cap(self, context: int) -> int:
+        """The largest max_tokens a request may ask for."""
+        return self.max_tokens_cap or CAP_CONTEXTS * context
 
 
 @dataclasses.dataclass
@@ -157,7 +164,8 @@ def parse_request(body: bytes) -> CompletionRequest:
 
 
 def tokenize_prompts(request: CompletionRequest, served: ServedModel, cap: int) -> list[list[int]]:
-    """Prompt token ids, with every length limit checked against the request's max_tokens."""
+    """Prompt token ids, with max_tokens checked against the cap and each prompt against the
+    context (generation may run past the context; a prompt may not)."""
     tok, context = served.tokenizer, served.context
     if request.max_tokens > cap:
         raise ApiError(
@@ -180,12 +188,12 @@ def tokenize_prompts(request: CompletionRequest, served: ServedModel, cap: int) 
                     param="prompt",
                 )
             ids = list(p)
-        if len(ids) + request.max_tokens > context:
+        if len(ids) > context:
             raise ApiError(
                 400,
-                f"prompt ({len(ids)} tokens) + max_tokens ({request.max_tokens})"
-                f" is more than the model's context of {context} tokens; shorten the "
-                "prompt or ask for fewer tokens",
+                f"prompt ({len(ids)} tokens) is more than the model's context of {context} "
+                "tokens; shorten the prompt (generation may go past the context, a prompt may "
+                "not)",
                 param="prompt",
                 code="context_length_exceeded",
             )
@@ -296,8 +304,7 @@ def create_app(
                 param="model",
                 code="model_not_found",
             )
-        cap = min(settings.max_tokens_cap or b.served.context, b.served.context)
-        prompts = tokenize_prompts(req, b.served, cap)
+        prompts = tokenize_prompts(req, b.served, settings.cap(b.served.context))
         if len(prompts) * req.n > b.engine.max_queue:
             raise ApiError(
                 400,

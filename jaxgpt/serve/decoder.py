@@ -8,7 +8,8 @@ on it unchanged.
 
 Shapes are bucketed so the number of compiles is bounded and all of them happen at startup:
 prefill at (rows, prompt length) in powers of two, the decode step at powers of two of the
-highest busy slot.
+highest busy slot. A row whose cache is full slides through the same prefill (see
+`Decoder.prefill`'s `drawn`), so generating past the context adds no shape.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgpt.model import GPT, GPTConfig, cached_attention
-from jaxgpt.sample import pick_tokens, unscan_params
+from jaxgpt.sample import pick_tokens, unscan_params, window_size
 
 # Most rows one prefill call takes; more arrivals are prefilled in several calls. Caps the
 # number of prefill shapes compiled at startup.
@@ -97,10 +98,11 @@ def _pick(logits_BV, key_B2, t_B, slots_like: Slots, vocab_limit: int):
 def _prefill(
     params, slots: Slots, tokens_bP, len_b, slot_b, choice_b, new: Slots, *, model, vocab_limit
 ):
-    """Run the prompts, draw each row's first token, and move the rows into their slots.
+    """Run the prompts, draw each row's next token, and move the rows into their slots.
 
-    `new.key_B2` holds each row's seed key, `choice_b` its choice index. Padding rows carry slot
-    index B (past the end), so their writes are dropped.
+    `new.key_B2` holds each row's seed key, `choice_b` its choice index, `new.t_B` the tokens it
+    has drawn before (0 for a new row; a sliding row's step-key index goes on where it was).
+    Padding rows carry slot index B (past the end), so their writes are dropped.
     """
     b, P = tokens_bP.shape
     # Row keys as sample.row_keys makes them: fold_in(key(seed), choice). Folding here rather
@@ -112,7 +114,7 @@ def _prefill(
     caches = [RowCache.empty(model.config, b, P) for _ in range(model.config.n_layer)]
     logits_bPV, caches = model.apply({"params": params}, tokens_bP, caches=caches)
     last_bV = logits_bPV[jnp.arange(b), len_b - 1]
-    t_b = jnp.zeros((b,), jnp.int32)
+    t_b = new.t_B
     token_b, *info = _pick(last_bV, new.key_B2, t_b, new, vocab_limit)
 
     put = lambda full, part: full.at[slot_b].set(part, mode="drop")
@@ -142,7 +144,8 @@ def _step(params, slots: Slots, *, model, rows, vocab_limit):
     sub = jax.tree.map(lambda x: x[:rows], slots)
     logits_B1V, caches = model.apply({"params": params}, sub.token_B[:, None], caches=sub.caches)
     token_B, *info = _pick(logits_B1V[:, 0], sub.key_B2, sub.t_B, sub, vocab_limit)
-    # Free slots keep stepping; pin their index inside the buffer (a busy row never gets there).
+    # Free slots keep stepping; pin their index inside the buffer. A busy row that filled it
+    # slides (a fresh prefill sets its index) before it steps again.
     last = model.config.block_size - 1
     caches = [c.replace(index=jnp.minimum(c.index, last)) for c in caches]
     sub = sub.replace(caches=caches, token_B=token_B, t_B=sub.t_B + 1)
@@ -178,6 +181,8 @@ class Decoder:
         self.config = model.config
         self.vocab_limit = vocab_limit
         self.max_batch = max_batch
+        # Tokens a row keeps when its cache is full, as sample.generate_batch slides.
+        self.window = window_size(self.config.block_size)
         self.step_sizes = _powers_of_two(1, max_batch)
         self.prefill_sizes = _powers_of_two(1, min(PREFILL_ROWS, max_batch))
         # Prompts shorter than 32 tokens cost about the same to run at 32.
@@ -205,10 +210,13 @@ class Decoder:
         temperature: list[float],
         top_k: list[int],
         top_p: list[float],
+        drawn: list[int] | None = None,
     ) -> tuple[np.ndarray, ...]:
-        """Start up to PREFILL_ROWS rows in the given slots.
+        """Start up to PREFILL_ROWS rows in the given slots, from position 0 of their caches.
 
-        Row i draws with fold_in(seed_keys[i], choices[i]) (seed_keys: raw uint32[n, 2] data).
+        Row i draws with fold_in(seed_keys[i], choices[i]) (seed_keys: raw uint32[n, 2] data),
+        its next token with step key `drawn[i]`: 0 for a new row (prompts[i] is its prompt), the
+        tokens drawn so far for a row that slides (prompts[i] is its window of latest tokens).
         Returns (token, logprob, top ids, top logprobs) per row, as numpy arrays.
         """
         n = len(prompts)
@@ -223,7 +231,7 @@ class Decoder:
         new = Slots(
             caches=[],
             token_B=np.zeros((b,), np.int32),
-            t_B=np.zeros((b,), np.int32),
+            t_B=pad(drawn or [0] * n, 0, np.int32),
             key_B2=np.concatenate([seed_keys, np.zeros((b - n, 2), np.uint32)]).astype(np.uint32),
             temperature_B=pad(temperature, 0.0, np.float32),
             top_k_B=pad(top_k, 0, np.int32),

@@ -5,6 +5,11 @@ steps the thread moves waiting rows into free slots (one prefill per group), the
 decode step for every busy slot and hands each row's new text to its request. A row leaves its
 slot as soon as it ends (end-of-text, a stop string, max_tokens or a cancel), and a waiting row
 takes the slot at the next step: requests never wait for a whole batch to finish.
+
+A row may generate past the model's context. When its cache is full it slides on its own, as
+`sample.generate_batch` slides a batch: it keeps its last `window_size(block_size)` tokens, which
+the model re-reads from position 0 through the same prefill new rows go through (between two
+steps, in its own slot), and decoding goes on.
 """
 
 from __future__ import annotations
@@ -89,9 +94,14 @@ class Row:
     prompt: list[int]
     seed_key: np.ndarray  # uint32[2] raw data of key(seed); the row folds in its index
     text: TextStream
-    generated: int = 0
+    ids: list[int] = dataclasses.field(default_factory=list)  # tokens drawn (the slide reads them)
+    fill: int = 0  # cache positions the row's slot holds; at the context, the row slides
     slot: int = -1
     pending: Event | None = None  # output not yet handed over (non-streamed jobs)
+
+    @property
+    def generated(self) -> int:
+        return len(self.ids)
 
 
 class Engine:
@@ -178,6 +188,10 @@ class Engine:
             try:
                 for i in range(0, len(admitted), PREFILL_ROWS):
                     self._prefill(admitted[i : i + PREFILL_ROWS])
+                # After the prefills: a prompt may fill the whole context by itself.
+                full = self._full()
+                for i in range(0, len(full), PREFILL_ROWS):
+                    self._prefill(full[i : i + PREFILL_ROWS])
                 if self._busy:
                     self._step()
             except Exception as e:  # a failed step must not hang its requests
@@ -191,6 +205,11 @@ class Engine:
         for row in list(self._busy.values()):
             if row.job.cancelled:
                 self._release(row)
+
+    def _full(self) -> list[Row]:
+        """Busy rows whose cache is full: they slide before they step again."""
+        context = self.decoder.config.block_size
+        return [row for row in self._busy.values() if row.fill == context]
 
     def _admit(self) -> list[Row]:
         """Waiting rows into free slots, lowest slots first so the step stays small."""
@@ -208,17 +227,24 @@ class Engine:
             heapq.heappush(self._free, row.slot)
 
     def _prefill(self, rows: list[Row]) -> None:
+        """Start new rows from their prompts, and slide full ones: a full row re-reads its last
+        `window` tokens (prompt and drawn ones, the one just drawn last) from position 0 and
+        draws its next token with the step key it was due, as sample.generate_batch does."""
         jobs = [r.job for r in rows]
+        W = self.decoder.window
+        inputs = [(r.prompt + r.ids)[-W:] if r.ids else r.prompt for r in rows]
         out = self.decoder.prefill(
-            [r.prompt for r in rows],
+            inputs,
             [r.slot for r in rows],
             np.stack([r.seed_key for r in rows]),
             [r.index for r in rows],
             [j.temperature for j in jobs],
             [j.top_k for j in jobs],
             [j.top_p for j in jobs],
+            [r.generated for r in rows],
         )
         for i, row in enumerate(rows):
+            row.fill = len(inputs[i])
             self._advance(row, *(x[i] for x in out))
 
     def _step(self) -> None:
@@ -226,6 +252,7 @@ class Engine:
         rows = list(self._busy.values())
         out = self.decoder.step(max(self._busy) + 1)
         for row in rows:
+            row.fill += 1  # the step wrote the row's last token into its cache
             self._advance(row, *(x[row.slot] for x in out))
         if self.on_step:
             self.on_step(len(rows), time.perf_counter() - start)
@@ -239,7 +266,7 @@ class Engine:
         if token == self.eot_id:
             self._finish(row, Event(row.index, row.text.finish(), 0, [], "stop"))
             return
-        row.generated += 1
+        row.ids.append(token)
         piece, stopped = row.text.push(token)
         info = []
         if job.logprobs:
