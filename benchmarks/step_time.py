@@ -151,6 +151,8 @@ def main() -> None:
     )
     p.add_argument("--breakdown", action="store_true", help="also time forward, forward+backward")
     args = p.parse_args()
+    if args.breakdown and args.devices != 1:
+        p.error("--breakdown times the unsharded model: add --devices 1")
     if not args.keep_malloc_defaults:
         host_memory.keep_freed_memory()  # as jaxgpt.train does; applies to both sides
     if args.devices == 0:
@@ -181,7 +183,7 @@ def main() -> None:
         "jax_version": jax.__version__,
         "device": jax.devices()[0].device_kind,
     }
-    if args.breakdown and args.devices == 1:  # the split is timed unsharded
+    if args.breakdown:
         jax_result.update(breakdown(model, params_and_batch, args.steps, args.warmup))
     print(
         f"shape: {shape}, {args.steps} timed steps each after {args.warmup} warm-up, "

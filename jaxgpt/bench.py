@@ -242,7 +242,8 @@ def benchmark(
     if data is None:
         batches = _batches_synthetic(model_cfg, rc.train.batch_size, trainer.batch_sharding)
     else:
-        batches = _batches_from_data(data, rc, model_cfg, trainer, total + 1)
+        extra = profile_steps if profile_dir is not None else 0  # the traced steps read too
+        batches = _batches_from_data(data, rc, model_cfg, trainer, total + 1 + extra)
     first = next(batches)
     rng = jax.random.key(rc.train.seed + 1)
     t0 = time.perf_counter()

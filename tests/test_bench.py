@@ -102,8 +102,10 @@ def test_bench_on_real_data_reports_input_share(small_corpus, tmp_path):
             "model.vocab_size": 0,
         }
     )
-    r = benchmark(config, steps=3, warmup=1, data_dir=tmp_path / "data")
-    assert r.input == str(tmp_path / "data")
+    r = benchmark(
+        config, steps=3, warmup=1, data_dir=tmp_path / "data", profile_dir=tmp_path / "trace"
+    )
+    assert r.input == str(tmp_path / "data") and r.profile  # the traced steps get batches too
     assert 0.0 <= r.input_wait_frac < 1.0
     assert "waiting for input" in format_result(r)
 

@@ -413,6 +413,33 @@ def test_text_stream_holds_back_stop_prefixes_and_partial_characters():
     assert [free.push(t) for t in (1, 6)] == [("ab", False), ("x", False)]
 
 
+def test_text_stream_pieces_add_up_to_the_whole_decode(run_dir, tmp_path):
+    """With the real tokenizers (SentencePiece with byte fallback, and the exported HF one):
+    the released pieces join to decode(all ids), and each push decodes a few tokens only."""
+    from jaxgpt.data.tokenizer import load_tokenizer
+    from jaxgpt.export import export_hf
+
+    folder = export_hf(run_dir, tmp_path / "hf")
+    text = "line 7: the cat sat.\n  café – 你好 €5  the mat\n" * 40  # bytes outside the corpus
+    for tok in (
+        load_tokenizer(run_dir / "tokenizer.model"),
+        load_tokenizer(folder / "tokenizer.json"),
+    ):
+        ids = tok.encode(text)
+        decoded: list[int] = []
+
+        def counting_decode(some, tok=tok, decoded=decoded):
+            some = list(some)
+            decoded.append(len(some))
+            return tok.decode(some)
+
+        stream = TextStream(counting_decode, ["never appears"])
+        pieces = [stream.push(t)[0] for t in ids]
+        # A push decodes a few tokens, not the whole text (finish decodes it once).
+        assert len(ids) > 400 and max(decoded) < 40, max(decoded)
+        assert "".join(pieces) + stream.finish() == tok.decode(ids)
+
+
 def test_serves_an_exported_hf_folder(run_dir, tmp_path):
     import numpy as np
 
