@@ -108,7 +108,7 @@ def main() -> None:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
 
-    from jaxgpt.export_onnx import torch_model
+    from jaxgpt.interop.onnx import torch_model
 
     cfg = TINY
     model = GPT(cfg)

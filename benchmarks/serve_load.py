@@ -39,7 +39,7 @@ SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 def train_tiny(out: Path) -> Path:
     """The tiny config's model shape, trained briefly on tinyshakespeare."""
     from jaxgpt.config import load_config_file, override
-    from jaxgpt.train import train
+    from jaxgpt.run.loop import train
 
     if not SHAKESPEARE.is_file():
         sys.exit(f"error: {SHAKESPEARE} is missing; pass --workdir of a trained run instead")

@@ -13,7 +13,7 @@ frequent evaluation, early stopping once validation loss stops improving, and th
 kept in WORKDIR/best (what generate, evaluate and export use by default).
 """
 
-from configs import base
+from jaxgpt.configs import base
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """GPT-2 large (774M parameters): 36 layers, 20 heads, width 1280, context 1024."""
 
-from configs import base
+from jaxgpt.configs import base
 
 
 def get_config():

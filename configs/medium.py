@@ -1,6 +1,6 @@
 """GPT-2 medium (350M parameters): 24 layers, 16 heads, width 1024, context 1024."""
 
-from configs import base
+from jaxgpt.configs import base
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """The classic char-level Shakespeare baseline: 4 layers, 4 heads, width 128, T=64, batch 12."""
 
-from configs import base
+from jaxgpt.configs import base
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """GPT-2 small (124M parameters): 12 layers, 12 heads, width 768, context 1024."""
 
-from configs import base
+from jaxgpt.configs import base
 
 
 def get_config():

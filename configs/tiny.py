@@ -1,6 +1,6 @@
 """A small GPT that trains on CPU in a few minutes on the built-in Python-stdlib corpus."""
 
-from configs import base
+from jaxgpt.configs import base
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """GPT-2 XL (1.5B parameters): 48 layers, 25 heads, width 1600, context 1024."""
 
-from configs import base
+from jaxgpt.configs import base
 
 
 def get_config():

@@ -10,7 +10,6 @@ How a process joins a job, first match wins:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 from collections.abc import Mapping
@@ -18,17 +17,7 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
-
-@dataclasses.dataclass(frozen=True)
-class DistConfig:
-    """Settings; see configs/base.py for the meaning of each field."""
-
-    enabled: bool = True
-    coordinator: str = ""
-    num_processes: int = 0
-    process_id: int = -1
-    initialization_timeout_s: int = 300
-    heartbeat_timeout_s: int = 100
+from jaxgpt.config.run import DistConfig
 
 
 def _detected_cluster(env: Mapping[str, str]) -> str | None:

@@ -22,10 +22,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from tokenizers import Tokenizer
 
 from jaxgpt.checkpoint import shapes_by_path
+from jaxgpt.data.tokenizer import load_tokenizer
+from jaxgpt.interop.hf import gpt_config_from_hf, import_hf
 from jaxgpt.model import GPTConfig
 from jaxgpt.state import Trainer, TrainState
+from jaxgpt.workdir import restore_params, workdir_config
 
 ARCHITECTURE = ("vocab_size", "n_layer", "n_head", "n_embd", "bias")
 
@@ -66,8 +70,6 @@ def resolve(spec: str) -> Source:
 
 
 def _resolve_hf(path: Path) -> Source:
-    from jaxgpt.export import gpt_config_from_hf
-
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(
@@ -88,8 +90,6 @@ def _resolve_hf(path: Path) -> Source:
     if generation.is_file():  # the id names the token; the tokenizer maps it back to text
         eos = json.loads(generation.read_text()).get("eos_token_id")
         if isinstance(eos, int):
-            from tokenizers import Tokenizer
-
             eot = Tokenizer.from_file(str(tokenizer)).id_to_token(eos) or ""
     return Source(
         "hf", path, {k: getattr(cfg, k) for k in ARCHITECTURE}, cfg.block_size, tokenizer, eot
@@ -97,8 +97,6 @@ def _resolve_hf(path: Path) -> Source:
 
 
 def _resolve_workdir(path: Path) -> Source:
-    from jaxgpt.workdir import workdir_config
-
     cfg, config = workdir_config(path)
     tokenizer = next(
         (path / n for n in ("tokenizer.model", "tokenizer.json") if (path / n).is_file()), None
@@ -138,8 +136,6 @@ def apply_to_config(config: ml_collections.ConfigDict, source: Source) -> list[s
         tokenizer.path = str(source.tokenizer_path)
         tokenizer.eot_token = tokenizer.eot_token or source.eot_token
     elif Path(tokenizer.path).resolve() != source.tokenizer_path.resolve():
-        from jaxgpt.data.tokenizer import load_tokenizer
-
         own = load_tokenizer(source.tokenizer_path, source.eot_token).vocab_size
         given = load_tokenizer(tokenizer.path, tokenizer.eot_token).vocab_size
         if own != given:
@@ -154,12 +150,8 @@ def apply_to_config(config: ml_collections.ConfigDict, source: Source) -> list[s
 def load_params(source: Source, cfg: GPTConfig) -> dict[str, Any]:
     """The source's params as numpy, in cfg's layout (scanned or not), dtype and context."""
     if source.kind == "hf":
-        from jaxgpt.export import import_hf
-
         _, params = import_hf(source.path)
     else:
-        from jaxgpt.workdir import restore_params
-
         params, _ = restore_params(source.path)
     params = _unrolled(params) if "h" in params else params
     params = jax.tree.map(np.asarray, params)

@@ -11,85 +11,26 @@ tensor parallelism splits whole heads.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-REMAT_POLICIES = ("none", "full", "dots", "names")
-# Activations tagged with checkpoint_name inside a block; remat="names" keeps those listed in
-# GPTConfig.remat_names for the backward pass and recomputes the rest.
-REMAT_NAMES = ("qkv", "attn_out", "attn_proj", "mlp_fc", "mlp_gelu", "mlp_proj")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum")
+from jaxgpt.config.model import (  # noqa: F401  (re-exported: jaxgpt.model.GPTConfig)
+    ATTENTION_IMPLS,
+    DTYPES,
+    REMAT_NAMES,
+    REMAT_POLICIES,
+    GPTConfig,
+)
 
-
-@dataclasses.dataclass(frozen=True)
-class GPTConfig:
-    """Model hyperparameters; shape letters are defined in the module docstring."""
-
-    vocab_size: int = 50257
-    block_size: int = 1024
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat: str = "none"
-    remat_names: tuple[str, ...] = ("qkv", "attn_out")  # kept by remat="names"
-    scan_layers: bool = False
-    attention: str = "auto"
-    loss_chunk: int = 0  # tokens per chunk of the output projection + loss (0 = all at once)
-
-    def __post_init__(self):
-        if self.n_embd % self.n_head:
-            raise ValueError(
-                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
-            )
-        for key, value, allowed in (
-            ("dtype", self.dtype, DTYPES),
-            ("param_dtype", self.param_dtype, DTYPES),
-            ("remat", self.remat, REMAT_POLICIES),
-            ("attention", self.attention, ATTENTION_IMPLS),
-        ):
-            if value not in allowed:
-                raise ValueError(f"model.{key}={value!r} is not one of {sorted(allowed)}")
-        for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"model.{key} must be positive, got {getattr(self, key)}")
-        if self.loss_chunk < 0:
-            raise ValueError(f"model.loss_chunk must be >= 0, got {self.loss_chunk}")
-        # A ConfigDict may hand over a list or a comma-separated string; keep a hashable tuple.
-        names = self.remat_names
-        if isinstance(names, str):
-            names = tuple(n.strip() for n in names.split(",") if n.strip())
-        object.__setattr__(self, "remat_names", tuple(names))
-        unknown = sorted(set(self.remat_names) - set(REMAT_NAMES))
-        if unknown:
-            raise ValueError(
-                f"model.remat_names has unknown names {unknown}; known: {list(REMAT_NAMES)}"
-            )
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @property
-    def compute_dtype(self) -> Any:
-        return DTYPES[self.dtype]
-
-    @property
-    def weight_dtype(self) -> Any:
-        return DTYPES[self.param_dtype]
+if TYPE_CHECKING:  # decoding only passes caches through: no import of the decode package
+    from jaxgpt.decode.cache import KVCache
 
 
 def _init(names: tuple[str | None, ...], stddev: float = 0.02) -> nn.initializers.Initializer:
@@ -167,60 +108,6 @@ def attention(q_BTHQ: jax.Array, k_BSHQ: jax.Array, v_BSHQ: jax.Array, impl: str
     return jax.nn.dot_product_attention(q_BTHQ, k_BSHQ, v_BSHQ, is_causal=True, implementation=impl)
 
 
-@flax.struct.dataclass
-class LayerCache:
-    """One layer's keys and values for decoding: [B, H, S, Q] buffers of S positions.
-
-    `index` positions are filled; row b's first `pad[b]` positions are left padding that no
-    query may attend to (prompts of different lengths share one batch, right-aligned). Heads
-    come before positions so both attention einsums read the cache without transposing all of
-    it every step (1.6× faster decode steps at batch 16 on CPU than [B, S, H, Q]).
-    """
-
-    k_BHSQ: jax.Array
-    v_BHSQ: jax.Array
-    index: jax.Array
-    pad_B: jax.Array
-
-    def attend(self, q_BTHQ, k_BTHQ, v_BTHQ) -> tuple[jax.Array, LayerCache]:
-        """Write this step's keys/values at `index`, attend over everything filled so far."""
-        T, S = q_BTHQ.shape[1], self.k_BHSQ.shape[2]
-        start = (0, 0, self.index, 0)
-        new_k = k_BTHQ.astype(self.k_BHSQ.dtype).transpose(0, 2, 1, 3)
-        new_v = v_BTHQ.astype(self.v_BHSQ.dtype).transpose(0, 2, 1, 3)
-        k_BHSQ = jax.lax.dynamic_update_slice(self.k_BHSQ, new_k, start)
-        v_BHSQ = jax.lax.dynamic_update_slice(self.v_BHSQ, new_v, start)
-        q_pos_T = self.index + jnp.arange(T)
-        k_pos_S = jnp.arange(S)
-        visible_BTS = (k_pos_S[None, None, :] <= q_pos_T[None, :, None]) & (
-            k_pos_S[None, None, :] >= self.pad_B[:, None, None]
-        )
-        y_BTHQ = cached_attention(q_BTHQ, k_BHSQ, v_BHSQ, visible_BTS)
-        return y_BTHQ, self.replace(k_BHSQ=k_BHSQ, v_BHSQ=v_BHSQ)
-
-
-def cached_attention(q_BTHQ, k_BHSQ, v_BHSQ, visible_BTS) -> jax.Array:
-    """Attention of T new queries over a cache's S positions, where visible_BTS allows."""
-    Q = q_BTHQ.shape[-1]
-    scores_BHTS = jnp.einsum(
-        "bthq,bhsq->bhts", q_BTHQ, k_BHSQ, preferred_element_type=jnp.float32
-    ) * (1.0 / Q**0.5)
-    scores_BHTS = jnp.where(visible_BTS[:, None], scores_BHTS, jnp.finfo(jnp.float32).min)
-    probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1).astype(v_BHSQ.dtype)
-    return jnp.einsum("bhts,bhsq->bthq", probs_BHTS, v_BHSQ).astype(q_BTHQ.dtype)
-
-
-def init_cache(config: GPTConfig, batch: int, pad_B: jax.Array | None = None) -> list[LayerCache]:
-    """Empty per-layer caches for decoding `batch` rows (unrolled layers); config.block_size
-    positions (pass a config with a smaller block_size for a shorter cache)."""
-    shape = (batch, config.n_head, config.block_size, config.head_dim)
-    pad_B = jnp.zeros((batch,), jnp.int32) if pad_B is None else jnp.asarray(pad_B, jnp.int32)
-    zeros = jnp.zeros(shape, config.compute_dtype)
-    return [
-        LayerCache(zeros, zeros, jnp.zeros((), jnp.int32), pad_B) for _ in range(config.n_layer)
-    ]
-
-
 class Projection(nn.Module):
     """x[..., *in_shape] · kernel[*in_shape, *out_shape] + bias[*out_shape].
 
@@ -259,8 +146,8 @@ class CausalSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BTD: jax.Array, deterministic: bool, cache: LayerCache | None = None
-    ) -> tuple[jax.Array, LayerCache | None]:
+        self, x_BTD: jax.Array, deterministic: bool, cache: KVCache | None = None
+    ) -> tuple[jax.Array, KVCache | None]:
         c = self.config
         qkv_BT3HQ = Projection(
             c,
@@ -327,8 +214,8 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BTD: jax.Array, deterministic: bool, cache: LayerCache | None = None
-    ) -> jax.Array | tuple[jax.Array, LayerCache]:
+        self, x_BTD: jax.Array, deterministic: bool, cache: KVCache | None = None
+    ) -> jax.Array | tuple[jax.Array, KVCache]:
         c = self.config
         y_BTD, new_cache = CausalSelfAttention(c, name="attn")(
             layer_norm(c, "ln_1")(x_BTD), deterministic, cache
@@ -407,8 +294,8 @@ class GPT(nn.Module):
         self,
         tokens_BT: jax.Array,
         deterministic: bool = True,
-        caches: list[LayerCache] | None = None,
-    ) -> jax.Array | tuple[jax.Array, list[LayerCache]]:
+        caches: list[KVCache] | None = None,
+    ) -> jax.Array | tuple[jax.Array, list[KVCache]]:
         """Logits [B, T, V]; with caches (decoding), also the updated caches."""
         x_BTD, new_caches = self._trunk(tokens_BT, deterministic, caches)
         logits_BTV = self.logits(self.ln_f(x_BTD))
@@ -427,8 +314,8 @@ class GPT(nn.Module):
         return _constrain(logits_BTV, ("batch", "act_seq", "act_vocab")).astype(jnp.float32)
 
     def _trunk(
-        self, tokens_BT: jax.Array, deterministic: bool, caches: list[LayerCache] | None
-    ) -> tuple[jax.Array, list[LayerCache]]:
+        self, tokens_BT: jax.Array, deterministic: bool, caches: list[KVCache] | None
+    ) -> tuple[jax.Array, list[KVCache]]:
         """Embeddings and every block: the residual stream [B, T, D] before ln_f."""
         c = self.config
         T = tokens_BT.shape[1]
@@ -438,10 +325,8 @@ class GPT(nn.Module):
             pos_BT = jnp.arange(T)[None, :]
         else:
             if c.scan_layers:
-                raise ValueError("decode with the unrolled model: see sample.unscan_params")
-            # Right-aligned prompts: row b's first real token sits at position pad[b].
-            first = caches[0]
-            pos_BT = jnp.maximum(first.index + jnp.arange(T)[None, :] - first.pad_B[:, None], 0)
+                raise ValueError("decode the unrolled model: see decode.generate.unscan_params")
+            pos_BT = caches[0].positions(T)  # every layer's cache holds the same rows
         x_BTD = self.wte(tokens_BT) + self.wpe(pos_BT)
         x_BTD = _constrain(
             self.drop(x_BTD, deterministic=deterministic), ("batch", "act_seq", "act_embed")
@@ -455,7 +340,7 @@ class GPT(nn.Module):
         else:
             for block, cache in zip(self.blocks, caches, strict=True):
                 x_BTD, cache = block(x_BTD, deterministic, cache)
-                new_caches.append(cache.replace(index=cache.index + T))
+                new_caches.append(cache)
         return x_BTD, new_caches
 
 

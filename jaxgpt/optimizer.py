@@ -2,45 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
 import optax
 
-OPTIMIZERS = ("adamw", "adam", "adabelief")
-SCHEDULES = ("cosine", "linear", "constant", "wsd")
-
-
-@dataclasses.dataclass(frozen=True)
-class OptConfig:
-    """Optimizer settings; see configs/base.py for the meaning of each field."""
-
-    name: str = "adamw"
-    lr: float = 6e-4
-    min_lr: float = 6e-5
-    schedule: str = "cosine"
-    warmup_steps: int = 2000
-    decay_steps: int = 0
-    wsd_decay_fraction: float = 0.2
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    decay_embeddings: bool = False
-    grad_clip: float = 1.0
-
-    def __post_init__(self):
-        if self.name not in OPTIMIZERS:
-            raise ValueError(f"opt.name={self.name!r} is not one of {OPTIMIZERS}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"opt.schedule={self.schedule!r} is not one of {SCHEDULES}")
-        if self.warmup_steps < 0 or self.decay_steps < 0:
-            raise ValueError("opt.warmup_steps and opt.decay_steps must be >= 0")
-        if not 0.0 <= self.wsd_decay_fraction <= 1.0:
-            raise ValueError(
-                f"opt.wsd_decay_fraction must be in [0, 1], got {self.wsd_decay_fraction}"
-            )
+from jaxgpt.config.run import OPTIMIZERS, SCHEDULES, OptConfig  # noqa: F401  (re-exported)
 
 
 def make_schedule(cfg: OptConfig, total_steps: int) -> optax.Schedule:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -12,19 +11,9 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from jaxgpt.config.run import MeshConfig, Rules
+
 MESH_AXES = ("data", "fsdp", "tensor")
-Rules = tuple[tuple[str, Any], ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshConfig:
-    """Mesh axis sizes (-1 = fill with the devices left) and logical-axis rules."""
-
-    data: int = -1
-    fsdp: int = 1
-    tensor: int = 1
-    rules: Rules = ()
-    cpu_devices: int = 0  # CPU backend only: see jaxgpt/cpu_devices.py
 
 
 def resolve_mesh_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, int, int]:

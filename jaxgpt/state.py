@@ -137,6 +137,7 @@ class Trainer:
     """Jitted step functions bound to a model, optimizer and mesh; built by make_trainer."""
 
     model: GPT
+    tx: optax.GradientTransformation
     mesh: Mesh
     rules: sharding_lib.Rules
     state_shardings: TrainState
@@ -188,14 +189,7 @@ def make_trainer(
     microbatches: int = 1,
 ) -> Trainer:
     """Shardings from logical names, then jitted init/step/eval; state is never built whole."""
-    n_batch = sharding_lib.batch_axis_size(mesh, rules)
-    dummy = jnp.zeros((n_batch, model.config.block_size), jnp.int32)
-    boxed = jax.eval_shape(lambda r: model.init(r, dummy)["params"], jax.random.key(0))
-    logical = nn.get_partition_spec(boxed)
-    abstract_params = nn.unbox(boxed)
-    param_shardings = sharding_lib.fit_to_shapes(
-        sharding_lib.logical_to_shardings(logical, mesh, rules), abstract_params
-    )
+    dummy, abstract_params, param_shardings = _params_layout(model, mesh, rules)
     flat = jax.tree_util.tree_leaves_with_path(abstract_params)
     specs = {
         jax.tree_util.keystr(p): s.spec
@@ -229,6 +223,7 @@ def make_trainer(
     )
     return Trainer(
         model=model,
+        tx=tx,
         mesh=mesh,
         rules=rules,
         state_shardings=state_shardings,
@@ -245,13 +240,49 @@ def make_trainer(
             mesh,
             rules,
         ),
-        eval=_in_mesh(
-            jax.jit(
-                functools.partial(eval_step, model=model),
-                in_shardings=(param_shardings, batch_sharding),
-                out_shardings=replicated,
-            ),
-            mesh,
-            rules,
+        eval=_eval_program(model, mesh, rules, param_shardings),
+    )
+
+
+def _params_layout(model: GPT, mesh: Mesh, rules: sharding_lib.Rules) -> tuple[Any, Any, Any]:
+    """(dummy input, abstract params, param shardings) from the model's logical axis names."""
+    n_batch = sharding_lib.batch_axis_size(mesh, rules)
+    dummy = jnp.zeros((n_batch, model.config.block_size), jnp.int32)
+    boxed = jax.eval_shape(lambda r: model.init(r, dummy)["params"], jax.random.key(0))
+    abstract_params = nn.unbox(boxed)
+    param_shardings = sharding_lib.fit_to_shapes(
+        sharding_lib.logical_to_shardings(nn.get_partition_spec(boxed), mesh, rules),
+        abstract_params,
+    )
+    return dummy, abstract_params, param_shardings
+
+
+def _eval_program(model: GPT, mesh: Mesh, rules: sharding_lib.Rules, param_shardings) -> Callable:
+    batch_sharding = sharding_lib.named(mesh, rules, "batch", None)
+    return _in_mesh(
+        jax.jit(
+            functools.partial(eval_step, model=model),
+            in_shardings=(param_shardings, batch_sharding),
+            out_shardings=sharding_lib.replicated(mesh),
         ),
+        mesh,
+        rules,
+    )
+
+
+@dataclasses.dataclass
+class Scorer:
+    """The sharded eval step without an optimizer: for scoring trained params."""
+
+    params_sharding: Any
+    batch_sharding: NamedSharding
+    eval: Callable[[Any, jax.Array], jax.Array]
+
+
+def make_scorer(model: GPT, mesh: Mesh, rules: sharding_lib.Rules) -> Scorer:
+    """Shardings and the jitted eval step of `model` on `mesh` (params placed by the rules)."""
+    _, _, param_shardings = _params_layout(model, mesh, rules)
+    batch_sharding = sharding_lib.named(mesh, rules, "batch", None)
+    return Scorer(
+        param_shardings, batch_sharding, _eval_program(model, mesh, rules, param_shardings)
     )

@@ -12,7 +12,7 @@ import pytest
 
 from jaxgpt import cpu_devices, profile_ops
 from jaxgpt import metrics as metrics_lib
-from jaxgpt.bench import benchmark, format_result
+from jaxgpt.run.bench import benchmark, format_result
 from jaxgpt.config import load_config_file, override
 from jaxgpt.model import GPTConfig, flops_per_token
 from jaxgpt.sharding import MeshConfig

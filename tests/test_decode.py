@@ -11,8 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt.model import GPT, GPTConfig, init_cache
-from jaxgpt.sample import generate_batch, unscan_params, window_size
+from jaxgpt.decode.cache import init_cache, set_lengths
+from jaxgpt.decode.generate import generate_batch, unscan_params
+from jaxgpt.decode.window import window_size
+from jaxgpt.model import GPT, GPTConfig
 
 CFG = GPTConfig(vocab_size=61, block_size=24, n_layer=2, n_head=4, n_embd=32)
 
@@ -28,21 +30,27 @@ def tokens(n: int, seed: int = 0) -> list[int]:
     return np.random.default_rng(seed).integers(0, CFG.vocab_size, n).tolist()
 
 
-def cached_logits(model, params, rows: list[list[int]], prefill: int) -> np.ndarray:
-    """Logits at every position of right-aligned rows: prefill `prefill` tokens, then 1 by 1."""
+def cached_logits(model, params, rows: list[list[int]], prefill: int) -> list[np.ndarray]:
+    """Each row's logits at each of its positions: prefill the rows' first `prefill` tokens
+    (shorter rows padded behind), set each row's length, then feed each row its own next token,
+    one per step (a finished row is fed a filler its logits are not kept for)."""
     longest = max(map(len, rows))
-    pad = np.array([longest - len(r) for r in rows], np.int32)
     buf = np.zeros((len(rows), longest), np.int32)
     for i, r in enumerate(rows):
-        buf[i, pad[i] :] = r
-    caches = init_cache(model.config, len(rows), pad)
+        buf[i, : len(r)] = r
     apply = jax.jit(lambda p, t, c: model.apply({"params": p}, t, caches=c))
-    logits, caches = apply(params, buf[:, :prefill], caches)
-    out = [logits]
-    for t in range(prefill, longest):
-        logits, caches = apply(params, buf[:, t : t + 1], caches)
-        out.append(logits)
-    return np.concatenate([np.asarray(x) for x in out], axis=1)
+    logits, caches = apply(params, buf[:, :prefill], init_cache(model.config, len(rows)))
+    fill = np.minimum([len(r) for r in rows], prefill)
+    caches = set_lengths(caches, fill)
+    out = [[np.asarray(logits)[i, : fill[i]]] for i in range(len(rows))]
+    for _ in range(prefill, longest):
+        step = buf[np.arange(len(rows)), np.minimum(fill, longest - 1)][:, None]
+        logits, caches = apply(params, step, caches)
+        for i in range(len(rows)):
+            if fill[i] < len(rows[i]):
+                out[i].append(np.asarray(logits)[i])
+        fill = fill + 1
+    return [np.concatenate(o, axis=0) for o in out]
 
 
 def test_cached_logits_equal_full_forward_at_every_position(model_params):
@@ -50,7 +58,8 @@ def test_cached_logits_equal_full_forward_at_every_position(model_params):
     seq = tokens(20)
     full = np.asarray(model.apply({"params": params}, jnp.asarray([seq])))
     for prefill in (1, 7):
-        np.testing.assert_allclose(cached_logits(model, params, [seq], prefill), full, atol=1e-5)
+        (got,) = cached_logits(model, params, [seq], prefill)
+        np.testing.assert_allclose(got, full[0], atol=1e-5)
 
 
 def test_padded_rows_match_decoding_alone(model_params):
@@ -60,7 +69,7 @@ def test_padded_rows_match_decoding_alone(model_params):
     batched = cached_logits(model, params, rows, prefill=5)
     for i, row in enumerate(rows):
         alone = np.asarray(model.apply({"params": params}, jnp.asarray([row])))[0]
-        np.testing.assert_allclose(batched[i, 18 - len(row) :], alone, atol=1e-5)
+        np.testing.assert_allclose(batched[i], alone, atol=1e-5)
 
 
 def test_greedy_equals_argmax_rollout_with_full_forwards(model_params):
@@ -175,7 +184,7 @@ def test_sampling_past_the_context_is_reproducible_and_stops_at_eot(model_params
 def test_filters_switched_off_and_filters_that_keep_everything_agree():
     """With no row filtering, pick_tokens skips the sort; keeping all V tokens through the
     filters must give the same greedy and sampled tokens."""
-    from jaxgpt.sample import pick_tokens, row_keys, step_keys
+    from jaxgpt.decode.sampling import pick_tokens, row_keys, step_keys
 
     logits = jax.random.normal(jax.random.key(0), (6, 50)) * 3
     temperature = jnp.array([0.0, 0.5, 1.0, 1.0, 2.0, 0.0])
@@ -199,7 +208,7 @@ def test_a_rows_sample_does_not_depend_on_its_batch(model_params):
 
 def test_per_row_settings_in_one_batch():
     """Greedy, top-k 1 and sampling rows side by side: each follows its own settings."""
-    from jaxgpt.sample import pick_tokens, row_keys
+    from jaxgpt.decode.sampling import pick_tokens, row_keys
 
     logits = jnp.tile(jnp.linspace(0.0, 3.0, 50)[None], (3, 1))
     picks = [

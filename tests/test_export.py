@@ -22,20 +22,19 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from jaxgpt.data.tokenizer import HFTokenizer, Tokenizer, train_tokenizer  # noqa: E402
-from jaxgpt.export import (  # noqa: E402
+from jaxgpt.export import main  # noqa: E402
+from jaxgpt.interop.hf import (  # noqa: E402
     entries,
-    export_hf,
     gpt_config_from_hf,
     hf_config,
     hf_to_params,
     import_hf,
-    main,
     params_to_hf,
-    restore_params,
-    workdir_config,
 )
-from jaxgpt.hf_tokenizer import write_hf_tokenizer  # noqa: E402
+from jaxgpt.interop.hf_export import export_hf  # noqa: E402
+from jaxgpt.interop.hf_tokenizer import write_hf_tokenizer  # noqa: E402
 from jaxgpt.model import GPT, GPTConfig  # noqa: E402
+from jaxgpt.workdir import restore_params, workdir_config  # noqa: E402
 
 CFG = GPTConfig(vocab_size=101, block_size=32, n_layer=2, n_head=4, n_embd=32)
 TOL = 1e-4
@@ -309,7 +308,7 @@ def trained_workdir(tmp_path_factory) -> Path:
     """A real run: 20 steps of a 2-layer model with a SentencePiece BPE tokenizer."""
     from test_train import tiny_config
 
-    from jaxgpt.train import train
+    from jaxgpt.run.loop import train
 
     root = tmp_path_factory.mktemp("export_run")
     words = "the quick brown fox jumps over a lazy dog while seven wizards hex jovial kings".split()

@@ -11,8 +11,8 @@ import pytest
 
 from jaxgpt import metrics as metrics_lib
 from jaxgpt.config import load_config_file
-from jaxgpt.export import export_hf
-from jaxgpt.train import train
+from jaxgpt.interop.hf_export import export_hf
+from jaxgpt.run.loop import train
 from jaxgpt.workdir import restore_params
 from tests.test_train import tiny_config
 
@@ -105,7 +105,7 @@ def test_early_stopping_keeps_the_best_params(source, tmp_path):
 
 
 def test_finetune_config_says_what_to_set(tmp_path):
-    from jaxgpt.train import train as run
+    from jaxgpt.run.loop import train as run
 
     config = load_config_file(REPO / "configs" / "finetune.py")
     with pytest.raises(ValueError, match=r"set --config\.init_from=hf:PATH"):

@@ -24,9 +24,9 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 transformers = pytest.importorskip("transformers")
 
-from jaxgpt import export_onnx as export_onnx_lib  # noqa: E402
 from jaxgpt.export import main  # noqa: E402
-from jaxgpt.export_onnx import onnx_logits, to_onnx  # noqa: E402
+from jaxgpt.interop import onnx as export_onnx_lib  # noqa: E402
+from jaxgpt.interop.onnx import onnx_logits, to_onnx  # noqa: E402
 from jaxgpt.model import GPT, GPTConfig  # noqa: E402
 from jaxgpt.workdir import load_run  # noqa: E402
 
@@ -87,7 +87,7 @@ def test_scanned_bias_free_params_export_too(tmp_path):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    from jaxgpt.train import train
+    from jaxgpt.run.loop import train
     from tests.test_train import tiny_config
 
     tmp = tmp_path_factory.mktemp("onnx_run")
@@ -149,7 +149,7 @@ def test_clear_errors(run_dir, tmp_path, monkeypatch):
 def test_torch_and_onnx_load_only_for_the_onnx_format():
     heavy = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript")
     code = (
-        "import sys, jaxgpt.export, jaxgpt.export_onnx; "
+        "import sys, jaxgpt.export, jaxgpt.interop.onnx; "
         f"print([m for m in {heavy!r} if m in sys.modules])"
     )
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}

@@ -7,8 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgpt.decode.generate import generate, generate_batch
 from jaxgpt.model import GPT, GPTConfig
-from jaxgpt.sample import generate, generate_batch
 
 
 def test_padded_vocab_rows_are_never_sampled():

@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from jaxgpt.serve.text import TextStream
-from jaxgpt.train import train
+from jaxgpt.run.loop import train
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "test-key-0123456789"
@@ -417,7 +417,7 @@ def test_text_stream_pieces_add_up_to_the_whole_decode(run_dir, tmp_path):
     """With the real tokenizers (SentencePiece with byte fallback, and the exported HF one):
     the released pieces join to decode(all ids), and each push decodes a few tokens only."""
     from jaxgpt.data.tokenizer import load_tokenizer
-    from jaxgpt.export import export_hf
+    from jaxgpt.interop.hf_export import export_hf
 
     folder = export_hf(run_dir, tmp_path / "hf")
     text = "line 7: the cat sat.\n  café – 你好 €5  the mat\n" * 40  # bytes outside the corpus
@@ -443,7 +443,7 @@ def test_text_stream_pieces_add_up_to_the_whole_decode(run_dir, tmp_path):
 def test_serves_an_exported_hf_folder(run_dir, tmp_path):
     import numpy as np
 
-    from jaxgpt.export import export_hf
+    from jaxgpt.interop.hf_export import export_hf
     from jaxgpt.serve.loading import load_model
 
     folder = export_hf(run_dir, tmp_path / "hf")

@@ -164,7 +164,7 @@ def test_sft_rejects_non_jsonl_sources(small_corpus, tmp_path):
 def test_sft_run_learns_a_planted_mapping(tmp_path):
     """Trained only on completions, the model completes the training prompts from memory."""
     from jaxgpt.sample import generate_batch
-    from jaxgpt.train import train
+    from jaxgpt.run.loop import train
     from jaxgpt.workdir import load_run
 
     pairs = planted_pairs()
@@ -190,7 +190,7 @@ def test_sft_run_learns_a_planted_mapping(tmp_path):
     correct = sum(g == a for g, a in zip(got, answers, strict=True))
     assert correct >= 0.9 * len(answers), (correct, len(answers), got[:5], answers[:5])
     assert summary.final_loss < 0.1
-    from jaxgpt.evaluate import evaluate
+    from jaxgpt.run.scoring import evaluate
 
     result = evaluate(str(tmp_path / "run"))  # the val split: completion tokens only
     assert "completion tokens" in result["data"] and result["bits_per_byte"] is None

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import base
+from jaxgpt.configs import base
 from jaxgpt.config import run_config
 from jaxgpt.model import GPT, GPTConfig
 from jaxgpt.optimizer import OptConfig, make_optimizer, make_schedule

@@ -15,7 +15,7 @@ import pytest
 
 from jaxgpt import metrics as metrics_lib
 from jaxgpt.config import load_config_file, override
-from jaxgpt.train import train
+from jaxgpt.run.loop import train
 
 REPO = Path(__file__).resolve().parent.parent
 

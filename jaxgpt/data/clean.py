@@ -12,7 +12,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 
-NORMALIZATIONS = ("NFC", "NFKC", "none")
+from jaxgpt.config.data import NORMALIZATIONS, CleanConfig  # noqa: F401  (re-exported)
 
 # C0 and C1 controls except \t and \n (\r is turned into \n before this runs), and DEL.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -27,41 +27,6 @@ _ANY_REMOVABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\u2060\ufeff\ud80
 # Runs of horizontal whitespace after a line's first non-blank character (indentation excluded).
 _INNER_SPACES = re.compile(r"(?<=\S)[^\S\n]{2,}|(?<=\S)[^\S\n ]")
 REPLACEMENT_CHAR = "\ufffd"
-
-
-@dataclasses.dataclass(frozen=True)
-class CleanConfig:
-    """How documents are cleaned and filtered; every extra filter defaults to keeping text."""
-
-    normalization: str = "NFC"  # unicodedata form: NFC | NFKC | none
-    min_chars: int = 1  # drop documents shorter than this after cleaning
-    max_chars: int = 1_000_000  # drop (not truncate) documents longer than this after cleaning
-    collapse_spaces: bool = False  # collapse space/tab runs inside a line (indentation kept)
-    strip_trailing_whitespace: bool = True  # strip whitespace at the end of every line
-    max_blank_lines: int = 2  # longer runs of blank lines shrink to this many; -1 keeps all
-    strip_blank_edges: bool = True  # drop blank lines at the start and end of a document
-    min_words: int = 0  # drop documents with fewer whitespace-separated words
-    max_line_chars: int = 0  # drop documents with a longer line (minified code, blobs); 0: off
-    max_replacement_fraction: float = 1.0  # drop if more of the chars are U+FFFD (bad decoding)
-
-    def __post_init__(self):
-        if self.normalization not in NORMALIZATIONS:
-            raise ValueError(
-                f"clean.normalization={self.normalization!r} is not one of {NORMALIZATIONS}"
-            )
-        if self.min_chars < 0 or self.max_chars < self.min_chars:
-            raise ValueError(
-                f"clean: need 0 <= min_chars <= max_chars, got {self.min_chars}, {self.max_chars}"
-            )
-        if self.max_blank_lines < -1:
-            raise ValueError(f"clean.max_blank_lines must be >= -1, got {self.max_blank_lines}")
-        if self.min_words < 0 or self.max_line_chars < 0:
-            raise ValueError("clean.min_words and clean.max_line_chars must be >= 0")
-        if not 0.0 <= self.max_replacement_fraction <= 1.0:
-            raise ValueError(
-                "clean.max_replacement_fraction must be in [0, 1], "
-                f"got {self.max_replacement_fraction}"
-            )
 
 
 @dataclasses.dataclass

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
+from jaxgpt.config.data import MAX_SHINGLE_SIZE, DedupConfig
+
 SCHEME = "affine32"  # datasketch >= 2.0 default: collision-free permutations, uint32 values
 _SHINGLES_PER_BLOCK = 4096  # bounds the (num_perm x shingles) block, e.g. 2 MB at 128 perms
 _WORD_CACHE_MAX = 1 << 21  # distinct words remembered before the cache is reset
@@ -41,27 +43,8 @@ _POSITION_MULTIPLIERS = np.array(
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class DedupConfig:
-    """Which duplicates to remove and how near counts as near."""
-
-    exact: bool = True  # drop copies equal after casefolding and collapsing whitespace
-    near: bool = True  # drop documents similar to an earlier kept one (MinHash LSH)
-    threshold: float = 0.8  # estimated Jaccard similarity of word shingles that counts as near
-    num_perm: int = 128  # MinHash permutations: more is more accurate and slower
-    shingle_size: int = 5  # words per shingle
-    seed: int = 1  # MinHash permutation seed; fixed so the kept set is reproducible
-
-    def __post_init__(self):
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"dedup.threshold must be in (0, 1], got {self.threshold}")
-        if self.num_perm < 2:
-            raise ValueError(f"dedup.num_perm must be >= 2, got {self.num_perm}")
-        if not 1 <= self.shingle_size <= len(_POSITION_MULTIPLIERS):
-            raise ValueError(
-                f"dedup.shingle_size must be in [1, {len(_POSITION_MULTIPLIERS)}], "
-                f"got {self.shingle_size}"
-            )
+# DedupConfig.shingle_size is checked against the config layer's bound; keep them one.
+assert len(_POSITION_MULTIPLIERS) == MAX_SHINGLE_SIZE
 
 
 @dataclasses.dataclass

@@ -23,21 +23,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-if TYPE_CHECKING:  # sources imports this module, so only the type checker imports it back
-    from jaxgpt.data.sources import ReadStats, Source
-
-COMPRESSED_SUFFIXES = ("", ".gz", ".bz2", ".xz", ".zst")
-JSONL_ENDINGS = tuple(
-    f"{e}{c}" for e in (".jsonl", ".json", ".ndjson") for c in COMPRESSED_SUFFIXES
+from jaxgpt.data.inputs import (  # noqa: F401  (CorruptInputError is part of this API)
+    JSONL_ENDINGS,
+    CorruptInputError,
+    ReadStats,
+    Source,
+    corrupt,
+    input_files,
+    reject,
 )
-WIKI_ENDINGS = (".xml", ".xml.bz2", ".xml.gz")
-WET_ENDINGS = (".warc.wet.gz", ".warc.wet", ".wet.gz", ".wet")
+
 TFDS_SPEC = re.compile(r"[A-Za-z0-9_]+(/[\w.+-]+)?")
 READ_CHUNK = 1 << 20
-
-
-class CorruptInputError(ValueError):
-    """A file that ends early or cannot be decompressed or parsed; the message names the file."""
 
 
 # ---------------------------------------------------------------- opening and decoding
@@ -174,33 +171,6 @@ class _Utf8Repair:
                 return text.encode()
 
 
-def _input_files(source: Source, stats: ReadStats) -> Iterator[Path]:
-    """The source's files, each counted in stats as it is reached."""
-    # Imported here: sources imports this module at load time.
-    from jaxgpt.data.sources import source_files
-
-    for path in source_files(source):
-        stats.files += 1
-        stats.input_bytes += path.stat().st_size
-        yield path
-
-
-def _reject(stats: ReadStats, strict: bool, where: str, reason: str, counter: str) -> None:
-    """Count one bad input (or, with strict, fail on it) and remember where it was."""
-    if strict:
-        raise ValueError(f"{where}: {reason} (data.strict=True)")
-    setattr(stats, counter, getattr(stats, counter) + 1)
-    stats.note(f"{where}: {reason}")
-
-
-def _corrupt(error: CorruptInputError, stats: ReadStats, strict: bool) -> None:
-    """A file that broke off: documents before the break are kept unless strict."""
-    if strict:
-        raise error
-    stats.corrupt_files += 1
-    stats.note(f"{error} (documents before this point were kept)")
-
-
 # ---------------------------------------------------------------- jsonl
 
 
@@ -209,23 +179,23 @@ def _jsonl_text(line: bytes, where: str, field: str, stats: ReadStats, strict: b
     try:
         decoded = line.decode("utf-8")
     except UnicodeDecodeError as e:
-        _reject(stats, strict, where, f"not valid UTF-8 at byte {e.start}", "bad_utf8_lines")
+        reject(stats, strict, where, f"not valid UTF-8 at byte {e.start}", "bad_utf8_lines")
         decoded = line.decode("utf-8", errors="replace")
     if not decoded.strip():
         return None
     try:
         record = json.loads(decoded)
     except json.JSONDecodeError as e:
-        _reject(stats, strict, where, f"invalid JSON ({e.msg}, column {e.colno})", "bad_json_lines")
+        reject(stats, strict, where, f"invalid JSON ({e.msg}, column {e.colno})", "bad_json_lines")
         return None
     if not isinstance(record, dict):
         reason = f"not a JSON object (a {type(record).__name__})"
-        _reject(stats, strict, where, reason, "bad_json_lines")
+        reject(stats, strict, where, reason, "bad_json_lines")
         return None
     text = record.get(field)
     if not isinstance(text, str):
         reason = f"no {field!r} field" if field not in record else f"{field!r} is not a string"
-        _reject(stats, strict, where, f"{reason} (data.jsonl_field)", "missing_field_lines")
+        reject(stats, strict, where, f"{reason} (data.jsonl_field)", "missing_field_lines")
         return None
     return text
 
@@ -234,7 +204,7 @@ def read_jsonl(
     source: Source, stats: ReadStats, strict: bool, jsonl_field: str = "text", **_
 ) -> Iterator[str]:
     """JSON Lines (.jsonl, optionally .gz/.bz2/.xz/.zst), one document per line's text field."""
-    for path in _input_files(source, stats):
+    for path in input_files(source, stats):
         with open_input(path) as stream:
             try:
                 # Lines are split on b"\n" only: JSON never holds a raw newline, other breaks
@@ -246,7 +216,7 @@ def read_jsonl(
                     if stats.accept(source, text):
                         yield text
             except CorruptInputError as e:
-                _corrupt(e, stats, strict)
+                corrupt(e, stats, strict)
 
 
 # ---------------------------------------------------------------- wiki
@@ -312,7 +282,7 @@ def wikitext_to_text(wikitext: str) -> str:
 
 def read_wiki(source: Source, stats: ReadStats, strict: bool, **_) -> Iterator[str]:
     """MediaWiki XML dumps (.xml, .xml.bz2): one plain-text document per article page."""
-    for path in _input_files(source, stats):
+    for path in input_files(source, stats):
         with open_input(path) as raw:
             stream = _Utf8Repair(raw, path, strict)
             try:
@@ -324,9 +294,9 @@ def read_wiki(source: Source, stats: ReadStats, strict: bool, **_) -> Iterator[s
                     if stats.accept(source, text):
                         yield text
             except CorruptInputError as e:
-                _corrupt(e, stats, strict)
+                corrupt(e, stats, strict)
             except ET.ParseError as e:
-                _corrupt(
+                corrupt(
                     CorruptInputError(f"{path}: malformed or truncated XML ({e})"), stats, strict
                 )
             if stream.bad:
@@ -342,7 +312,7 @@ def read_wet(source: Source, stats: ReadStats, strict: bool, **_) -> Iterator[st
     from warcio.archiveiterator import ArchiveIterator
     from warcio.exceptions import ArchiveLoadFailed
 
-    for path in _input_files(source, stats):
+    for path in input_files(source, stats):
         # Decompressed here rather than by warcio, which ends silently at a truncated gzip member.
         with open_input(path) as stream:
             try:
@@ -360,15 +330,15 @@ def read_wet(source: Source, stats: ReadStats, strict: bool, **_) -> Iterator[st
                         text = payload.decode("utf-8")
                     except UnicodeDecodeError as e:
                         reason = f"not valid UTF-8 at byte {e.start}"
-                        _reject(stats, strict, f"{path}: record {uri}", reason, "bad_utf8_records")
+                        reject(stats, strict, f"{path}: record {uri}", reason, "bad_utf8_records")
                         text = payload.decode("utf-8", errors="replace")
                     if stats.accept(source, text):
                         yield text
             except CorruptInputError as e:
-                _corrupt(e, stats, strict)
+                corrupt(e, stats, strict)
             except ArchiveLoadFailed as e:
                 message = f"{path}: not a valid WARC file ({str(e)[:120]})"
-                _corrupt(CorruptInputError(message), stats, strict)
+                corrupt(CorruptInputError(message), stats, strict)
 
 
 # ---------------------------------------------------------------- tfds
@@ -446,7 +416,7 @@ def read_tfds(
             text = value.decode("utf-8")
         except UnicodeDecodeError as e:
             where = f"tfds:{name}:{split} example {index}"
-            _reject(stats, strict, where, f"not valid UTF-8 at byte {e.start}", "bad_utf8_records")
+            reject(stats, strict, where, f"not valid UTF-8 at byte {e.start}", "bad_utf8_records")
             text = value.decode("utf-8", errors="replace")
         if stats.accept(source, text):
             yield text

@@ -18,81 +18,6 @@ from pathlib import Path
 
 from jaxgpt.data import readers
 
-TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text", "")
-# What a folder given to each file kind contributes (an explicit file or glob is always taken).
-FILE_ENDINGS = {
-    "jsonl": readers.JSONL_ENDINGS,
-    "wiki": readers.WIKI_ENDINGS,
-    "wet": readers.WET_ENDINGS,
-}
-NOT_FILES = ("stdlib", "tfds")  # kinds whose spec names no file on disk
-MAX_PROBLEMS = 20
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    kind: str
-    path: str = ""
-
-    @property
-    def spec(self) -> str:
-        """The spec item this came from, e.g. "jsonl:data/*.jsonl"; keys the per-source counts."""
-        return f"{self.kind}:{self.path}" if self.path else self.kind
-
-
-@dataclasses.dataclass
-class ReadStats:
-    """What reading found: documents and bytes per source, and every input skipped or repaired."""
-
-    documents: int = 0  # documents yielded
-    bytes: int = 0  # UTF-8 bytes of the yielded documents' text (after decoding and cleaning)
-    files: int = 0  # input files opened (text, stdlib, jsonl, wiki, wet)
-    input_bytes: int = 0  # on-disk size of those files (compressed size for .gz/.bz2/.zst)
-    bad_utf8_files: int = 0  # text/stdlib/wiki files with invalid UTF-8 (replaced by U+FFFD)
-    bad_utf8_lines: int = 0  # JSONL lines with invalid UTF-8 (replaced)
-    bad_utf8_records: int = 0  # WET records and TFDS examples with invalid UTF-8 (replaced)
-    bad_json_lines: int = 0  # JSONL lines skipped: invalid JSON, or JSON that is not an object
-    missing_field_lines: int = 0  # JSONL lines skipped: text field absent or not a string
-    corrupt_files: int = 0  # files that broke off (truncated/corrupt); documents before kept
-    # Documents left out on purpose, by reason: "empty", "wiki_redirect", "wiki_namespace".
-    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
-    docs_by_source: dict[str, int] = dataclasses.field(default_factory=dict)  # by Source.spec
-    bytes_by_source: dict[str, int] = dataclasses.field(default_factory=dict)  # by Source.spec
-    problems: list[str] = dataclasses.field(default_factory=list)  # first MAX_PROBLEMS "where: why"
-    problem_count: int = 0  # all problems, including those past MAX_PROBLEMS
-
-    @property
-    def bad_utf8(self) -> int:
-        """Files, lines and records that had invalid UTF-8, together."""
-        return self.bad_utf8_files + self.bad_utf8_lines + self.bad_utf8_records
-
-    def add(self, source: Source, doc: str) -> None:
-        """Count one yielded document."""
-        size = len(doc.encode("utf-8"))
-        self.documents += 1
-        self.bytes += size
-        self.docs_by_source[source.spec] = self.docs_by_source.get(source.spec, 0) + 1
-        self.bytes_by_source[source.spec] = self.bytes_by_source.get(source.spec, 0) + size
-
-    def accept(self, source: Source, doc: str) -> bool:
-        """Count doc as read if it holds any text (else as skipped, "empty"); say which."""
-        if not doc.strip():
-            self.skip("empty")
-            return False
-        self.add(source, doc)
-        return True
-
-    def skip(self, reason: str) -> None:
-        """Count one document left out on purpose."""
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
-
-    def note(self, problem: str) -> None:
-        """Remember a problem ("path:line: reason"); only the first MAX_PROBLEMS are kept."""
-        self.problem_count += 1
-        if len(self.problems) < MAX_PROBLEMS:
-            self.problems.append(problem)
-
-
 def parse_sources(spec: str) -> list[Source]:
     """Parse "kind:path,kind:path" (or a bare "stdlib") into Sources, checking kinds and paths."""
     sources = []
@@ -116,35 +41,6 @@ def parse_sources(spec: str) -> list[Source]:
     if not sources:
         raise ValueError('data.sources is empty: give e.g. "text:PATH" or "stdlib"')
     return sources
-
-
-def expand_files(path: str, endings: tuple[str, ...] | None = None) -> list[Path]:
-    """Files matching a path or glob; folders give files ending in `endings` (default: text)."""
-    files: list[Path] = []
-    for match in sorted(glob.glob(os.path.expanduser(path))):
-        p = Path(match)
-        if p.is_dir():
-            files.extend(
-                f
-                for f in sorted(p.rglob("*"))
-                if f.is_file()
-                and (f.name.lower().endswith(endings) if endings else f.suffix in TEXT_SUFFIXES)
-            )
-        else:
-            files.append(p)
-    return files
-
-
-def source_files(source: Source) -> list[Path]:
-    """A source's input files (none for stdlib, tfds); FileNotFoundError when a glob finds none."""
-    if source.kind in NOT_FILES:
-        return []
-    endings = FILE_ENDINGS.get(source.kind)
-    files = expand_files(source.path, endings)
-    if not files:
-        looked_for = f"files ending in {endings}" if endings else f"suffixes {TEXT_SUFFIXES}"
-        raise FileNotFoundError(f"data.sources: {source.spec} has no input files ({looked_for})")
-    return files
 
 
 def _read_text(path: Path, stats: ReadStats, strict: bool) -> str:

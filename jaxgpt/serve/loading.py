@@ -7,7 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from jaxgpt.data.tokenizer import load_tokenizer
+from jaxgpt.interop.hf import import_hf
 from jaxgpt.model import GPT
+from jaxgpt.workdir import load_run
 
 
 @dataclasses.dataclass
@@ -59,20 +62,14 @@ def _hf_eot_token(path: Path) -> str:
 
 def load_model(path: str | Path, step: int | None = None, name: str | None = None) -> ServedModel:
     """Load weights and tokenizer; the served name defaults to the directory's name."""
-    from jaxgpt.data.tokenizer import load_tokenizer
-
     path = Path(path)
     kind = check_model_dir(path)
     name = name or path.resolve().name
     if kind == "workdir":
-        from jaxgpt.workdir import load_run
-
         run = load_run(path, step)
         return ServedModel(name, run.model, run.params, run.tokenizer)
     if step is not None:
         raise ValueError("--step applies to training workdirs; an HF folder holds one checkpoint")
-    from jaxgpt.export import import_hf
-
     config, params = import_hf(path, dropout=0.0)
     tokenizer = load_tokenizer(path / "tokenizer.json", _hf_eot_token(path))
     return ServedModel(name, GPT(config), params, tokenizer)

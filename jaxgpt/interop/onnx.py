@@ -1,26 +1,30 @@
 """A training run as an ONNX model that onnxruntime runs: `--format onnx` of jaxgpt.export.
 
-Route: jaxgpt params → the Hugging Face state dict of export.py → `transformers`'
+Route: jaxgpt params → the Hugging Face state dict of jaxgpt.interop.hf → `transformers`'
 GPT2LMHeadModel in PyTorch → `torch.onnx.export(dynamo=True)`. The graph takes `input_ids`
 (int64 [batch, seq], both dynamic, seq ≤ block_size) and returns `logits` (float32
 [batch, seq, vocab]); it has no KV cache (each call is a full forward). The tokenizer files of the
 Hugging Face export are written next to it, so a user needs no jaxgpt to tokenize.
 
-torch, transformers, onnx and onnxruntime are imported only here, only when this runs.
+torch, transformers, onnx and onnxruntime are imported only inside the functions below, only
+when they run: they are optional (the [onnx] extra) and slow to import.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxgpt.export import hf_config, open_for_export, params_to_hf
-from jaxgpt.model import GPTConfig
+from jaxgpt.interop.hf import hf_config, params_to_hf
+from jaxgpt.interop.hf_export import open_for_export, write_json
+from jaxgpt.interop.hf_tokenizer import write_hf_tokenizer
+from jaxgpt.model import GPT, GPTConfig
 
 MODEL_FILE = "model.onnx"
 # A protobuf file holds at most 2 GiB: larger models keep their weights in model.onnx.data.
@@ -43,8 +47,8 @@ def require_onnx_packages() -> None:
 
 def torch_model(params: Any, cfg: GPTConfig) -> Any:
     """The HF GPT2LMHeadModel (float32, eval mode) that computes what jaxgpt's params do."""
-    import torch
-    import transformers
+    import torch  # lazy: optional [onnx] extra, slow to import
+    import transformers  # lazy: optional [onnx] extra, slow to import
 
     fields = {k: v for k, v in hf_config(cfg).items() if k not in ("architectures", "model_type")}
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**fields)).eval()
@@ -62,7 +66,7 @@ def torch_model(params: Any, cfg: GPTConfig) -> Any:
 
 def _logits_only(model: Any) -> Any:
     """A module whose one input is input_ids and one output the logits (no cache, no mask)."""
-    import torch
+    import torch  # lazy: optional [onnx] extra, slow to import
 
     class LogitsOnly(torch.nn.Module):
         def __init__(self, inner: torch.nn.Module):
@@ -78,7 +82,7 @@ def _logits_only(model: Any) -> Any:
 def to_onnx(params: Any, cfg: GPTConfig, path: str | Path) -> Path:
     """Write params as an ONNX graph input_ids [batch, seq] → logits [batch, seq, vocab]."""
     require_onnx_packages()
-    import torch
+    import torch  # lazy: optional [onnx] extra, slow to import
 
     path = Path(path)
     model = _logits_only(torch_model(params, cfg))
@@ -104,7 +108,7 @@ def to_onnx(params: Any, cfg: GPTConfig, path: str | Path) -> Path:
 
 def onnx_logits(path: str | Path, tokens: np.ndarray) -> np.ndarray:
     """Run an exported model under onnxruntime (CPU) on int token ids [batch, seq]."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: optional [onnx] extra, slow to import
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(["logits"], {"input_ids": np.asarray(tokens, np.int64)})[0]
@@ -113,11 +117,6 @@ def onnx_logits(path: str | Path, tokens: np.ndarray) -> np.ndarray:
 def check_against_jaxgpt(path: Path, params: Any, cfg: GPTConfig, seed: int = 0) -> float:
     """Max |logit difference| between onnxruntime and jaxgpt on a random [2, block_size] batch
     (jaxgpt computing in float32, as the exported graph does)."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxgpt.model import GPT
-
     cfg = dataclasses.replace(cfg, dtype="float32", param_dtype="float32", dropout=0.0)
     params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
     tokens = np.random.default_rng(seed).integers(0, cfg.vocab_size, (2, cfg.block_size))
@@ -146,8 +145,6 @@ def export_onnx(
             "bfloat16; drop --dtype, or export --format hf for bfloat16 weights"
         )
     require_onnx_packages()
-    from jaxgpt.hf_tokenizer import write_hf_tokenizer
-
     cfg, tokenizer_path, tokenizer, params, step = open_for_export(workdir, out_dir, step)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +158,6 @@ def export_onnx(
         "onnx": {"file": MODEL_FILE, "opset": OPSET, "max_seq": cfg.block_size},
         "tokenizer_vocab_size": tokenizer.vocab_size,
     }
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_json(out_dir / "config.json", config)
     write_hf_tokenizer(tokenizer_path, out_dir, eot, cfg.block_size)
     return path, check_against_jaxgpt(path, params, cfg)

@@ -1,0 +1,63 @@
+"""The one boundary where the ml_collections ConfigDict becomes typed, frozen dataclasses.
+
+The bottom layer of jaxgpt: it imports nothing else of jaxgpt. The dataclasses mirror the
+ConfigDict tree of configs/base.py (RunConfig.model is a GPTConfig, RunConfig.data.clean a
+CleanConfig, ...); `run_config` builds them all with one recursive rule (config/tree.py).
+"""
+
+from jaxgpt.config.command_line import (
+    config_path_from_argv,
+    describe_config_error,
+    parse_command_line,
+)
+from jaxgpt.config.data import CleanConfig, DataConfig, DedupConfig, TokenizerConfig
+from jaxgpt.config.loading import (
+    ConfigFileError,
+    check_config_file,
+    config_source,
+    load_config_file,
+    model_config,
+    override,
+    presets,
+    run_config,
+    to_json,
+)
+from jaxgpt.config.model import GPTConfig, resolve_vocab
+from jaxgpt.config.run import (
+    CkptConfig,
+    DistConfig,
+    MeshConfig,
+    OptConfig,
+    RunConfig,
+    TrainConfig,
+)
+from jaxgpt.config.tree import ConfigKeyError, from_dict
+
+__all__ = [
+    "CkptConfig",
+    "CleanConfig",
+    "ConfigFileError",
+    "ConfigKeyError",
+    "DataConfig",
+    "DedupConfig",
+    "DistConfig",
+    "GPTConfig",
+    "MeshConfig",
+    "OptConfig",
+    "RunConfig",
+    "TokenizerConfig",
+    "TrainConfig",
+    "check_config_file",
+    "config_path_from_argv",
+    "config_source",
+    "describe_config_error",
+    "from_dict",
+    "load_config_file",
+    "model_config",
+    "override",
+    "parse_command_line",
+    "presets",
+    "resolve_vocab",
+    "run_config",
+    "to_json",
+]

@@ -1,0 +1,142 @@
+"""A whole run's settings: optimizer, loop, mesh, processes, checkpoints, and RunConfig itself."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from jaxgpt.config.data import DataConfig
+from jaxgpt.config.model import GPTConfig
+
+OPTIMIZERS = ("adamw", "adam", "adabelief")
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
+Rules = tuple[tuple[str, Any], ...]  # (logical axis name, mesh axis | None | tuple of axes)
+DEFAULT_RULES: Rules = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("kv", None),
+    ("qkv", None),
+    ("norm", None),
+    ("pos", None),
+    ("layers", None),
+    ("act_seq", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptConfig:
+    """Optimizer settings; see configs/base.py for the meaning of each field."""
+
+    name: str = "adamw"
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    schedule: str = "cosine"
+    warmup_steps: int = 2000
+    decay_steps: int = 0
+    wsd_decay_fraction: float = 0.2
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    decay_embeddings: bool = False
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"opt.name={self.name!r} is not one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"opt.schedule={self.schedule!r} is not one of {SCHEDULES}")
+        if self.warmup_steps < 0 or self.decay_steps < 0:
+            raise ValueError("opt.warmup_steps and opt.decay_steps must be >= 0")
+        if not 0.0 <= self.wsd_decay_fraction <= 1.0:
+            raise ValueError(
+                f"opt.wsd_decay_fraction must be in [0, 1], got {self.wsd_decay_fraction}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Loop settings; see configs/base.py for the meaning of each field."""
+
+    steps: int = 600_000
+    epochs: int = 0  # > 0: passes over the training data; the run derives steps from the data
+    batch_size: int = 480
+    microbatches: int = 1
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 1000
+    eval_tokens: int = 1_048_576
+    eval_batch_size: int = 0
+    sample_tokens: int = 64
+    sample_prompt: str = ""
+    peak_flops: float = 0.0
+    early_stop_patience: int = 0
+
+    def __post_init__(self):
+        for key in ("epochs", "early_stop_patience"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("steps", "batch_size", "microbatches", "log_every", "eval_tokens"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"train.{key} must be positive, got {getattr(self, key)}")
+        if self.batch_size % self.microbatches:
+            raise ValueError(
+                f"train.batch_size={self.batch_size} is not divisible by "
+                f"train.microbatches={self.microbatches}"
+            )
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.batch_size // self.microbatches
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Mesh axis sizes (-1 = fill with the devices left) and logical-axis rules."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    rules: Rules = DEFAULT_RULES
+    cpu_devices: int = 0  # CPU backend only: see jaxgpt/cpu_devices.py
+
+
+@dataclasses.dataclass(frozen=True)
+class DistConfig:
+    """Multi-process settings; see configs/base.py for the meaning of each field."""
+
+    enabled: bool = True
+    coordinator: str = ""
+    num_processes: int = 0
+    process_id: int = -1
+    initialization_timeout_s: int = 300
+    heartbeat_timeout_s: int = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class CkptConfig:
+    every: int = 1000
+    keep: int = 3
+    async_save: bool = True
+    keep_best: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A whole run; `model.vocab_size` may still be 0 (see jaxgpt.config.model.resolve_vocab)."""
+
+    model: GPTConfig = dataclasses.field(default_factory=GPTConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    opt: OptConfig = dataclasses.field(default_factory=OptConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    dist: DistConfig = dataclasses.field(default_factory=DistConfig)
+    ckpt: CkptConfig = dataclasses.field(default_factory=CkptConfig)
+    init_from: str = ""

@@ -1,0 +1,180 @@
+"""The training loop: the story of a run, with the pieces it calls kept in their own modules."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from jaxgpt import metrics as metrics_lib
+from jaxgpt.checkpoint import BestCheckpoint
+from jaxgpt.data.pipeline import prefetch, tf_batches
+from jaxgpt.model import count_params, flops_per_token
+from jaxgpt.run.evaluation import TrainingEval
+from jaxgpt.run.meter import StepMeter
+from jaxgpt.run.setup import TrainingRun, setup_training
+from jaxgpt.run.stopping import Preemption, StopRules
+from jaxgpt.run.summary import Summary, format_summary
+
+
+def train(
+    config: ml_collections.ConfigDict, workdir: str | Path, stop_at: int | None = None
+) -> Summary:
+    """Prepare data if needed, build or resume the state, train, evaluate, checkpoint.
+
+    Args:
+        config: a config from configs/*.py (see configs/base.py).
+        workdir: run directory; an existing checkpoint there is resumed.
+        stop_at: stop after this step with a checkpoint, as a preemption would (the schedule
+            still runs to the run's last step when resumed).
+    """
+    run = setup_training(config, workdir)
+    tc, trainer, state, step = run.rc.train, run.trainer, run.state, run.start
+    evals, writer = _training_eval(run)
+    meter, progress = _meter(run), _Progress(run, writer)
+    say, log = progress.say, progress.log
+    end, result = _plan_start(run, evals, say)
+    dropout_rng = jax.random.fold_in(jax.random.key(tc.seed), 1)
+    with Preemption() as preemption:
+        rules = StopRules(preemption, tc.log_every, stop_at)
+        batches = prefetch(run.to_global, tf_batches(run.batches, step, end))
+        while (batch := meter.next_batch(batches, count_wait=step > run.start)) is not None:
+            state, metrics = trainer.step(state, batch, dropout_rng)
+            step += 1
+            progress.bar.update(1)
+            at_end = step == run.steps
+            log(meter.dispatched(step, metrics, step % tc.log_every == 0 or at_end))
+            if (tc.eval_every and step % tc.eval_every == 0) or at_end:
+                result = _evaluate(evals, step, state.params, say)
+                meter.restart()
+            reason = rules.reason(step, at_end) or ("early" if evals.out_of_patience() else None)
+            run.ckpt.save(step, state, force=at_end or reason is not None)
+            if reason:
+                say(_stop_message(reason, step, evals))
+                break
+        log(meter.flush())
+    progress.bar.close()
+    return _finish(run, evals, progress, meter, (step, result), preemption.requested)
+
+
+def _training_eval(run: TrainingRun) -> tuple[TrainingEval, metrics_lib.MetricsWriter]:
+    rc = run.rc
+    writer = metrics_lib.MetricsWriter(run.workdir, enabled=run.is_main)
+    best = None
+    if rc.ckpt.keep_best or rc.train.early_stop_patience:
+        best = BestCheckpoint(run.workdir, rc.ckpt.keep_best, run.start)
+    rng = jax.random.key(rc.train.seed)
+    evals = TrainingEval(
+        run.trainer, run.val_local, rc.train, best, writer, run.data.tokenizer(), rng
+    )
+    return evals, writer
+
+
+def _meter(run: TrainingRun) -> StepMeter:
+    n_params = count_params(run.trainer.state_shapes.params, exclude_positions=True)
+    fpt = flops_per_token(run.trainer.model.config, n_params)
+    peak = metrics_lib.peak_flops_per_device(override=run.rc.train.peak_flops)
+    return StepMeter(run.tokens_per_step, fpt, jax.device_count(), peak)
+
+
+class _Progress:
+    """The progress bar and metrics.jsonl: each read step's metrics go to both."""
+
+    def __init__(self, run: TrainingRun, writer: metrics_lib.MetricsWriter):
+        self.writer = writer
+        self.bar = tqdm(
+            total=run.steps,
+            initial=run.start,
+            disable=not run.is_main,
+            unit="step",
+            dynamic_ncols=True,
+        )
+        self.say = self.bar.write if run.is_main else (lambda *a, **k: None)
+        self.last_loss: float | None = None
+
+    def log(self, read: tuple[int, dict] | None) -> None:
+        if read is None:
+            return
+        step, values = read
+        self.writer.write(step, values)
+        self.last_loss = float(values["loss"])
+        if "step_time_s" in values:  # a timed read (the final flush is not)
+            self.bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{float(values['lr']):.2e}")
+
+
+def _plan_start(run: TrainingRun, evals: TrainingEval, say) -> tuple[int, tuple]:
+    """The step to train up to, and the (loss, ppl) known before the loop (or Nones)."""
+    result = (None, None)
+    if run.from_weights and run.start < run.steps:
+        # Where fine-tuning starts from: the loss every later evaluation is compared against.
+        run.say("before training:")
+        result = _evaluate(evals, 0, run.state.params, say)
+    end = run.steps
+    if evals.out_of_patience():
+        end = run.start
+        say(f"this run stopped early at step {run.start}: evaluating only")
+    elif run.start >= run.steps:
+        say(f"already trained to step {run.start} (train.steps={run.steps}): evaluating only")
+    if run.start >= end:
+        result = evals.loss(run.state.params)
+    return end, result
+
+
+def _evaluate(evals: TrainingEval, step: int, params, say) -> tuple[float, float]:
+    loss, ppl, report = evals(step, params)
+    say(report)
+    return loss, ppl
+
+
+def _stop_message(reason: str, step: int, evals: TrainingEval) -> str:
+    if reason != "early":
+        return f"{reason}: saved checkpoint at step {step}, exiting"
+    best_step, best_loss = evals.best.best
+    return (
+        f"early stopping at step {step}: no better validation loss in "
+        f"{evals.cfg.early_stop_patience} evaluations (best {best_loss:.4f} at step {best_step})"
+    )
+
+
+def _finish(
+    run: TrainingRun,
+    evals: TrainingEval,
+    progress: _Progress,
+    meter: StepMeter,
+    end: tuple[int, tuple],
+    preempted: bool,
+) -> Summary:
+    """Close what the run opened, write summary.json and the loss plot, print the summary."""
+    step, (eval_loss, eval_ppl) = end
+    run.ckpt.close()
+    progress.writer.close()
+    best = evals.best.best if evals.best is not None else None
+    times = meter.step_times
+    summary = Summary(
+        workdir=str(run.workdir),
+        steps=step,
+        start_step=run.start,
+        tokens=(step - run.start) * run.tokens_per_step,
+        seconds=round(time.perf_counter() - meter.started, 2),
+        params=count_params(run.trainer.state_shapes.params),
+        final_loss=progress.last_loss,
+        eval_loss=eval_loss,
+        eval_ppl=eval_ppl,
+        median_step_ms=round(1000 * float(np.median(times)), 2) if times else None,
+        input_wait_frac=round(meter.wait_frac(), 4),
+        checkpoint=str(run.ckpt.directory / str(run.ckpt.latest_step())),
+        preempted=preempted,
+        best_step=best[0] if best else None,
+        best_eval_loss=best[1] if best else None,
+        stopped_early=evals.out_of_patience(),
+    )
+    if evals.best is not None:
+        evals.best.close()
+    if run.is_main:
+        summary.write(run.workdir)
+        print(format_summary(summary, metrics_lib.plot_losses(run.workdir)))
+    return summary
