@@ -22,11 +22,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from jaxgpt.config.data import DataConfig, TokenizerConfig
 from jaxgpt.data.build import build_dataset
-from jaxgpt.data.dataset import DataConfig
 from jaxgpt.data.pipeline import TrainBatches, tf_batches
-
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+from jaxgpt.data.sources import SHAKESPEARE
 
 
 def make_corpus(directory: Path, megabytes: float, seed: int = 0) -> int:
@@ -71,8 +70,7 @@ def main() -> None:
         size = make_corpus(work, args.mb)
         cfg = DataConfig(
             sources=f"jsonl:{work / 'corpus.jsonl'}",
-            tokenizer_vocab_size=8192,
-            tokenizer_train_mb=10.0,
+            tokenizer=TokenizerConfig(vocab_size=8192, train_mb=10.0),
             workers=args.workers,
         )
         t0 = time.perf_counter()

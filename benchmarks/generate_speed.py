@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgpt.decode.generate import generate_batch
 from jaxgpt.model import GPT, GPTConfig
-from jaxgpt.sample import generate_batch
 
 TINY = GPTConfig(vocab_size=2048, block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
 

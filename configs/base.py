@@ -35,7 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     # Comma list of kind:path (path may be a glob): text:, jsonl:, tfds:NAME[/CONFIG][:SPLIT],
-    # wiki: (MediaWiki XML dump), wet: (Common Crawl WET), or "stdlib" (built-in Python corpus).
+    # wiki: (MediaWiki XML dump), wet: (Common Crawl WET), or a built-in corpus without a path:
+    # "stdlib" (the Python standard library's sources), "shakespeare" (tinyshakespeare, 1.1 MB).
     c.data.sources = "stdlib"
     # text: documents to continue (pretraining). sft: JSONL records with a prompt and a
     # completion; the loss counts completion tokens only (one record per row, padded).
@@ -56,14 +57,25 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.clean = ml_collections.ConfigDict()
     c.data.clean.normalization = "NFC"  # Unicode normalization: NFC | NFKC | none
     c.data.clean.min_chars = 1  # drop documents shorter than this after cleaning
-    c.data.clean.max_chars = 10_000_000  # drop documents longer than this
+    c.data.clean.max_chars = 10_000_000  # drop (not truncate) documents longer than this
+    c.data.clean.collapse_spaces = False  # collapse space/tab runs inside a line (indent kept)
+    c.data.clean.strip_trailing_whitespace = True  # strip whitespace at the end of every line
+    c.data.clean.max_blank_lines = 2  # longer runs of blank lines shrink to this; -1 keeps all
+    c.data.clean.strip_blank_edges = True  # drop blank lines at a document's start and end
+    c.data.clean.min_words = 0  # drop documents with fewer whitespace-separated words
+    c.data.clean.max_line_chars = 0  # drop documents with a longer line (minified code); 0 = off
+    # drop documents where more than this share of characters is U+FFFD (bad decoding); 1 = off
+    c.data.clean.max_replacement_fraction = 1.0
     c.data.dedup = ml_collections.ConfigDict()
     c.data.dedup.exact = True  # drop documents whose normalized text was seen before
     c.data.dedup.near = True  # drop near duplicates (MinHash + LSH)
     c.data.dedup.threshold = 0.8  # estimated Jaccard similarity that counts as near duplicate
+    c.data.dedup.num_perm = 128  # MinHash permutations: more is more accurate and slower
+    c.data.dedup.shingle_size = 5  # words per shingle (1..8)
+    c.data.dedup.seed = 1  # MinHash permutation seed; fixed so the kept set is reproducible
     c.data.tokenizer = ml_collections.ConfigDict()
     c.data.tokenizer.model_type = "bpe"  # SentencePiece model: bpe | unigram | char
-    c.data.tokenizer.vocab_size = 50257  # target vocabulary size, special tokens included
+    c.data.tokenizer.vocab_size = 50257  # target vocabulary, specials included (char: 0 = exact)
     c.data.tokenizer.train_mb = 20.0  # megabytes of training text sampled to train it
     c.data.tokenizer.path = ""  # an existing SentencePiece .model or HF tokenizer.json to use
     c.data.tokenizer.eot_token = ""  # tokenizer.json: end-of-text token ("" = find a usual one)
@@ -84,7 +96,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.opt.grad_clip = 1.0  # global-norm clipping threshold; 0 = off
 
     c.train = ml_collections.ConfigDict()
-    c.train.steps = 600_000  # optimizer steps
+    c.train.steps = 600_000  # optimizer steps (when train.epochs is 0)
+    # > 0: train this many passes over the prepared training data; the run derives the number
+    # of steps from the data and the batch, and train.steps is not used. 0 = train.steps.
+    c.train.epochs = 0
     c.train.batch_size = 480  # global batch in sequences (all processes, all microbatches)
     c.train.microbatches = 1  # gradient accumulation: batch_size is split into this many parts
     c.train.seed = 0  # seeds init, dropout and the batch order

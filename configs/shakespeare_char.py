@@ -10,7 +10,7 @@ def get_config():
     c.model.n_embd = 128
     c.model.block_size = 64
     c.model.vocab_multiple = 1
-    c.data.sources = "text:../shared/data/tinyshakespeare.txt"
+    c.data.sources = "shakespeare"  # shipped with jaxgpt: the same text as the classic file
     c.data.tokenizer.model_type = "char"
     c.data.tokenizer.vocab_size = 0  # char models: exactly the characters seen, plus specials
     c.opt.lr = 1e-3

@@ -2,7 +2,7 @@
 
 Prompts come from --prompt (repeatable), --prompt_file (one prompt per line; "-" = stdin), or
 stdin when neither is given. All prompts are decoded together in one batch with a KV cache.
---max_tokens may go past the model's context (a sliding window, see jaxgpt.sample); a prompt may
+--max_tokens may go past the model's context (a sliding window, see jaxgpt.decode); a prompt may
 not: it can be at most block_size tokens.
 """
 
@@ -59,7 +59,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 def sample_texts(run, prompts: list[str], args: argparse.Namespace) -> list[str]:
     """Continuations (text) for each prompt × num_samples, in order."""
-    from jaxgpt.sample import generate_batch
+    from jaxgpt.decode.generate import generate_batch
 
     tok = run.tokenizer
     ids = [tok.encode(p) or [tok.eot_id] for p in prompts for _ in range(args.num_samples)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import sys
-from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
@@ -122,14 +121,14 @@ class Plan:
 
 def resolve_model(rc: config_lib.RunConfig) -> GPTConfig:
     """GPTConfig with the vocabulary the trainer would use (explicit or the tokenizer's target)."""
-    if rc.model["vocab_size"] == 0 and rc.data.tokenizer_vocab_size <= 0:
+    if rc.model.vocab_size == 0 and rc.data.tokenizer.vocab_size <= 0:
         raise ValueError(
             "model.vocab_size=0 follows the tokenizer, whose size is unknown until the data is "
             "prepared (data.tokenizer.vocab_size=0): pass --config.model.vocab_size=N"
         )
     # An explicit size is checked against the real tokenizer when training starts.
-    follow = rc.model["vocab_size"] == 0
-    return config_lib.model_config(rc.model, rc.data.tokenizer_vocab_size if follow else 0)
+    follow = rc.model.vocab_size == 0
+    return config_lib.model_config(rc.model, rc.data.tokenizer.vocab_size if follow else 0)
 
 
 def peak_flops_for(device_kind: str, override: float = 0.0) -> float:
@@ -442,44 +441,34 @@ def format_plan(p: Plan) -> str:
     return "\n".join(head + time)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse flags, plan, print; bad configs and unknown keys exit non-zero with the reason."""
+def _define_flags() -> None:
     from absl import flags
-    from ml_collections import config_flags
 
-    argv = list(sys.argv if argv is None else argv)
-    config_path = config_lib.config_path_from_argv(argv)
-    if config_path:
-        if not Path(config_path).is_file():
-            sys.exit(f"error: config file {config_path} does not exist")
-        config_lib.ensure_config_importable(config_path)
-    config_flag = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
     flags.DEFINE_integer("devices", None, "Devices in the whole run (fills the -1 mesh axis).")
     flags.DEFINE_float("device_memory_gb", None, "Memory of one device in GB (1e9 bytes).")
     flags.DEFINE_string("device_kind", "H100", "Device kind for the peak FLOP/s table.")
     flags.DEFINE_float("mfu", 0.45, "Model FLOPs utilization assumed for the time estimate.")
     flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s per device; 0 = look up device_kind.")
     flags.DEFINE_bool("max_batch", False, "Also print the largest train.batch_size that fits.")
-    usage = "usage: python -m jaxgpt.plan --config FILE --devices N --device_memory_gb GB"
-    try:
-        flags.FLAGS(argv)
-    except (AttributeError, KeyError, flags.Error, OSError) as e:
-        sys.exit(f"error: {config_lib.describe_config_error(e)}\n{usage}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse flags, plan, print; bad configs and unknown keys exit non-zero with the reason."""
+    from absl import flags
+
+    usage = "usage: python -m jaxgpt.plan --config FILE|PRESET --devices N --device_memory_gb GB"
+    config = config_lib.parse_command_line(argv, usage, _define_flags)
     f = flags.FLAGS
-    if config_flag.value is None or f.devices is None or f.device_memory_gb is None:
+    if f.devices is None or f.device_memory_gb is None:
         sys.exit(usage)
     try:
-        result = plan(
-            config_flag.value, f.devices, f.device_memory_gb, f.mfu, f.device_kind, f.peak_flops
-        )
-        best = f.max_batch and largest_batch(
-            config_flag.value, f.devices, f.device_memory_gb, f.device_kind
-        )
+        result = plan(config, f.devices, f.device_memory_gb, f.mfu, f.device_kind, f.peak_flops)
+        best = f.max_batch and largest_batch(config, f.devices, f.device_memory_gb, f.device_kind)
     except ValueError as e:
         sys.exit(f"error: {e}")
     print(format_plan(result))
     if f.max_batch:
-        micro = config_flag.value.train.microbatches
+        micro = config.train.microbatches
         print(
             f"max batch {best} sequences per step in {micro} microbatch(es) fit "
             f"{f.device_memory_gb:g} GB per device (train.batch_size; planner estimate)"

@@ -10,17 +10,18 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # so `configs` imports as a package
+sys.path.insert(0, str(REPO))  # so tests can import each other as `tests.test_x`
 
 import pytest  # noqa: E402
 
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+# tinyshakespeare, shipped in the package (jaxgpt.data.sources.SHAKESPEARE): no shared/ needed.
+SHAKESPEARE = REPO / "jaxgpt" / "data" / "corpora" / "tinyshakespeare.txt"
 
 
 @pytest.fixture
 def shakespeare() -> Path:
     if not SHAKESPEARE.is_file():
-        pytest.fail(f"{SHAKESPEARE} is missing: the tests expect shared/ beside the repo")
+        pytest.fail(f"{SHAKESPEARE} is missing from the checkout")
     return SHAKESPEARE
 
 

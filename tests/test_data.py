@@ -2,7 +2,6 @@
 
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,9 +115,7 @@ def test_bad_utf8_counted_or_strict(tmp_path):
 @pytest.fixture(scope="module")
 def training_docs() -> list[str]:
     """Shakespeare plus a little code and unicode: what a tokenizer test trains on."""
-    text = Path(__file__).resolve().parent.parent.parent / "shared/data/tinyshakespeare.txt"
-    if not text.is_file():
-        pytest.fail(f"{text} is missing: the tests expect shared/ beside the repo")
+    text = sources_lib.SHAKESPEARE  # shipped with the package
     code = "def f(x):\n    return x  # café\n\tindented with a tab\nnaïve résumé 東京\n"
     return [text.read_text()[:200_000], *[code] * 10]
 

@@ -63,13 +63,15 @@ def test_cached_logits_equal_full_forward_at_every_position(model_params):
 
 
 def test_padded_rows_match_decoding_alone(model_params):
-    """Prompts of different lengths in one batch: each row's logits equal its own forward."""
+    """Prompts of different lengths in one batch: each row's logits equal its own forward,
+    also when shorter rows are padded in the prefill (their stale tails are never read)."""
     model, params = model_params
     rows = [tokens(18, 1), tokens(11, 2), tokens(5, 3)]
-    batched = cached_logits(model, params, rows, prefill=5)
-    for i, row in enumerate(rows):
-        alone = np.asarray(model.apply({"params": params}, jnp.asarray([row])))[0]
-        np.testing.assert_allclose(batched[i], alone, atol=1e-5)
+    for prefill in (5, 14):
+        batched = cached_logits(model, params, rows, prefill)
+        for i, row in enumerate(rows):
+            alone = np.asarray(model.apply({"params": params}, jnp.asarray([row])))[0]
+            np.testing.assert_allclose(batched[i], alone, atol=1e-5)
 
 
 def test_greedy_equals_argmax_rollout_with_full_forwards(model_params):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from data_inputs import decoded_documents, jsonl_texts, write_docs
 
+from jaxgpt.config.data import TokenizerConfig
 from jaxgpt.data.build import prepare_dataset, split_documents
 from jaxgpt.data.clean import CleanConfig, clean_text
 from jaxgpt.data.dataset import DataConfig, dataset_key, load_dataset
@@ -44,9 +45,7 @@ def many_docs(tmp_path, shakespeare) -> Path:
 
 
 def data_config(docs: Path, **overrides) -> DataConfig:
-    settings = dict(
-        sources=f"text:{docs}", tokenizer_model_type="char", tokenizer_vocab_size=0, workers=1
-    )
+    settings = dict(sources=f"text:{docs}", tokenizer=TokenizerConfig("char", 0), workers=1)
     return DataConfig(**{**settings, **overrides})
 
 
@@ -54,7 +53,7 @@ def data_config(docs: Path, **overrides) -> DataConfig:
 def test_tail_split_contents(docs_dir, tmp_path, model_type):
     """Few documents: each one's tail is held out; JSONL, shards and sources all agree."""
     vocab = 0 if model_type == "char" else 400
-    cfg = data_config(docs_dir, tokenizer_model_type=model_type, tokenizer_vocab_size=vocab)
+    cfg = data_config(docs_dir, tokenizer=TokenizerConfig(model_type, vocab))
     out = tmp_path / "data"
     info = prepare_dataset(cfg, out, verbose=False)
     names = {p.name for p in out.iterdir()}
@@ -140,7 +139,7 @@ def test_leftover_tmp_dir_and_missing_metadata(docs_dir, tmp_path):
 
 def test_failed_build_leaves_nothing(docs_dir, tmp_path):
     """A build that fails (here: vocabulary too large) leaves no data dir and no temp dir."""
-    cfg = data_config(docs_dir, tokenizer_model_type="bpe", tokenizer_vocab_size=100_000)
+    cfg = data_config(docs_dir, tokenizer=TokenizerConfig("bpe", 100_000))
     with pytest.raises(ValueError, match=r"too large .* at most \d+"):
         prepare_dataset(cfg, tmp_path / "data", verbose=False)
     assert list(tmp_path.iterdir()) == [docs_dir]
@@ -149,7 +148,9 @@ def test_failed_build_leaves_nothing(docs_dir, tmp_path):
 def test_empty_after_filtering_explains_why(tmp_path):
     folder = write_docs(tmp_path / "docs", ["   \n", "\n\n", "tiny"])
     with pytest.raises(ValueError, match="left 0 training") as err:
-        prepare_dataset(data_config(folder, clean_min_chars=10), tmp_path / "data", verbose=False)
+        prepare_dataset(
+            data_config(folder, clean=CleanConfig(min_chars=10)), tmp_path / "data", verbose=False
+        )
     assert "too_short" in str(err.value) or "empty" in str(err.value)
 
 

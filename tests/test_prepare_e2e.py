@@ -25,9 +25,10 @@ from data_inputs import (
     write_wet,
 )
 
+from jaxgpt.config.data import TokenizerConfig
 from jaxgpt.data.build import build_dataset, prepare_dataset
 from jaxgpt.data.clean import CleanConfig, clean_text
-from jaxgpt.data.dataset import DataConfig, load_dataset
+from jaxgpt.data.dataset import DataConfig, is_current, key_settings, load_dataset
 from jaxgpt.data.pipeline import TrainBatches
 from jaxgpt.data.shards import ShardWriter, TokenStream, token_dtype
 from jaxgpt.data.tokenizer import train_tokenizer
@@ -117,8 +118,7 @@ def mixed_spec(corpus: dict[str, Path]) -> str:
 def mixed_config(corpus: dict[str, Path], **overrides) -> DataConfig:
     settings = dict(
         sources=mixed_spec(corpus),
-        tokenizer_model_type="char",
-        tokenizer_vocab_size=0,
+        tokenizer=TokenizerConfig(model_type="char", vocab_size=0),
         workers=1,
     )
     return DataConfig(**{**settings, **overrides})
@@ -237,8 +237,10 @@ def docs_dir(tmp_path) -> Path:
     return write_docs(tmp_path / "docs", TOKENIZER_DOCS)
 
 
-def text_config(docs: Path, **overrides) -> DataConfig:
-    return DataConfig(sources=f"text:{docs}", workers=1, **overrides)
+def text_config(docs: Path, tok_path: Path, eot_token: str = "", **overrides) -> DataConfig:
+    """Text documents encoded with an existing tokenizer file."""
+    tokenizer = TokenizerConfig(path=str(tok_path), eot_token=eot_token)
+    return DataConfig(sources=f"text:{docs}", workers=1, tokenizer=tokenizer, **overrides)
 
 
 def sha256(path: Path) -> str:
@@ -251,9 +253,7 @@ def test_hf_tokenizer_json(docs_dir, tmp_path):
 
     tok_path = train_hf_tokenizer(tmp_path / "tok" / "tokenizer.json", TOKENIZER_DOCS,
                                   ["<|endoftext|>"])  # fmt: skip
-    info = prepare_dataset(
-        text_config(docs_dir, tokenizer_path=str(tok_path)), tmp_path / "data", verbose=False
-    )
+    info = prepare_dataset(text_config(docs_dir, tok_path), tmp_path / "data", verbose=False)
     meta = json.loads((info.path / "metadata.json").read_text())
     assert meta["tokenizer_file"] == info.tokenizer_file == "tokenizer.json"
     assert (info.path / "tokenizer.json").read_bytes() == tok_path.read_bytes()
@@ -274,18 +274,18 @@ def test_hf_tokenizer_without_eot(docs_dir, tmp_path):
     tok_path = train_hf_tokenizer(tmp_path / "tok" / "tokenizer.json", TOKENIZER_DOCS, [])
     out = tmp_path / "data"
     with pytest.raises(ValueError, match=r"data\.tokenizer\.eot_token"):
-        prepare_dataset(text_config(docs_dir, tokenizer_path=str(tok_path)), out, verbose=False)
+        prepare_dataset(text_config(docs_dir, tok_path), out, verbose=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs", "tok"]
 
 
 @pytest.mark.parametrize("special", [["<|doc|>"], ["</s>", "<|doc|>"]])
 def test_hf_tokenizer_custom_eot_token(docs_dir, tmp_path, special):
-    """tokenizer_eot_token names the separator; the data dir's tokenizer then uses the same id
+    """data.tokenizer.eot_token names the separator; the data dir's tokenizer then uses the same id
     (with "</s>" also present, a by-name search would silently pick the wrong one)."""
     from tokenizers import Tokenizer
 
     tok_path = train_hf_tokenizer(tmp_path / "tok" / "tokenizer.json", TOKENIZER_DOCS, special)
-    cfg = text_config(docs_dir, tokenizer_path=str(tok_path), tokenizer_eot_token="<|doc|>")
+    cfg = text_config(docs_dir, tok_path, eot_token="<|doc|>")
     info = prepare_dataset(cfg, tmp_path / "data", verbose=False)
     doc_id = Tokenizer.from_file(str(tok_path)).token_to_id("<|doc|>")
     assert info.eot_id == doc_id
@@ -294,6 +294,15 @@ def test_hf_tokenizer_custom_eot_token(docs_dir, tmp_path, special):
     # What train.py (and decoded_documents) do: load the tokenizer back from the data dir.
     assert info.tokenizer().eot_id == info.eot_id
     assert_shards_match_jsonl(info)
+    # A data dir prepared before the config was nested keeps its settings flat; it still opens
+    # with the same end-of-text token, and is still current for the same settings.
+    meta_path = info.path / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["config"]["tokenizer"]["eot_token"] == "<|doc|>"
+    meta["config"] = key_settings(cfg)
+    assert meta["config"]["tokenizer_eot_token"] == "<|doc|>"
+    meta_path.write_text(json.dumps(meta))
+    assert load_dataset(info.path).tokenizer().eot_id == doc_id and is_current(info.path, cfg)
 
 
 SPECIAL_DOC = "A note on tokenizers: GPT-2 ends a document with <|endoftext|> and T5 with </s>."
@@ -310,9 +319,7 @@ def test_special_token_text_inside_a_document(tmp_path, kind):
     else:
         tok_path = train_hf_tokenizer(tmp_path / "tok" / "tokenizer.json", TOKENIZER_DOCS,
                                       ["<|endoftext|>", "</s>"])  # fmt: skip
-    info = prepare_dataset(
-        text_config(docs, tokenizer_path=str(tok_path)), tmp_path / "data", verbose=False
-    )
+    info = prepare_dataset(text_config(docs, tok_path), tmp_path / "data", verbose=False)
     for split in ("train", "val"):
         stream = info.tokens(split).read_all()
         assert np.count_nonzero(stream == info.eot_id) == info.documents[split], split
@@ -334,9 +341,7 @@ def test_hf_tokenizer_with_sparse_ids(docs_dir, tmp_path):
     tok_path = tmp_path / "tok" / "tokenizer.json"
     tok_path.parent.mkdir()
     tk.save(str(tok_path))
-    info = prepare_dataset(
-        text_config(docs_dir, tokenizer_path=str(tok_path)), tmp_path / "data", verbose=False
-    )
+    info = prepare_dataset(text_config(docs_dir, tok_path), tmp_path / "data", verbose=False)
     stream = info.tokens("train").read_all()
     assert info.vocab_size > 70_000 and info.dtype == "uint32"
     assert stream.max() == 70_000 < info.vocab_size
@@ -351,9 +356,7 @@ def test_sentencepiece_model_used_as_is(docs_dir, tmp_path):
     tok_path = tmp_path / "tok" / "custom.model"
     tok_path.parent.mkdir()
     model.save(tok_path)
-    info = prepare_dataset(
-        text_config(docs_dir, tokenizer_path=str(tok_path)), tmp_path / "data", verbose=False
-    )
+    info = prepare_dataset(text_config(docs_dir, tok_path), tmp_path / "data", verbose=False)
     meta = json.loads((info.path / "metadata.json").read_text())
     assert meta["tokenizer_file"] == "tokenizer.model"
     assert meta["tokenizer_sha256"] == sha256(tok_path) == sha256(info.path / "tokenizer.model")
@@ -370,7 +373,7 @@ def test_sentencepiece_model_used_as_is(docs_dir, tmp_path):
 
 def test_build_is_deterministic(corpus, tmp_path):
     """The same inputs built twice (BPE tokenizer) give byte-identical shards, JSONL, tokenizer."""
-    cfg = mixed_config(corpus, tokenizer_model_type="bpe", tokenizer_vocab_size=360, shard_mb=0.001)
+    cfg = mixed_config(corpus, tokenizer=TokenizerConfig("bpe", 360), shard_mb=0.001)
     one = build_dataset(cfg, tmp_path / "one", verbose=False)
     two = build_dataset(cfg, tmp_path / "two", verbose=False)
     names = sorted(p.name for p in one.path.iterdir())
@@ -439,7 +442,7 @@ def big_vocab_tokenizer(path: Path, n_unused: int = 70_000) -> Path:
 def test_uint32_dataset_end_to_end(docs_dir, tmp_path):
     """A vocabulary over 65536 gives uint32 shards that still decode to the JSONL exactly."""
     tok_path = big_vocab_tokenizer(tmp_path / "tok" / "tokenizer.json")
-    cfg = text_config(docs_dir, tokenizer_path=str(tok_path), shard_mb=0.01)
+    cfg = text_config(docs_dir, tok_path, shard_mb=0.01)
     info = prepare_dataset(cfg, tmp_path / "data", verbose=False)
     assert info.dtype == "uint32" and info.vocab_size == 70_257
     assert len(info.shards["train"]) > 1

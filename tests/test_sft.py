@@ -163,7 +163,7 @@ def test_sft_rejects_non_jsonl_sources(small_corpus, tmp_path):
 
 def test_sft_run_learns_a_planted_mapping(tmp_path):
     """Trained only on completions, the model completes the training prompts from memory."""
-    from jaxgpt.sample import generate_batch
+    from jaxgpt.decode.generate import generate_batch
     from jaxgpt.run.loop import train
     from jaxgpt.workdir import load_run
 

@@ -7,6 +7,7 @@ offline.
 
 import bz2
 import gzip
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -359,3 +360,24 @@ def test_counts_by_source(tmp_path):
     assert sum(stats.bytes_by_source.values()) == stats.bytes == sum(len(d.encode()) for d in docs)
     assert stats.documents == len(docs) == 7 and stats.files == 4
     assert stats.input_bytes == sum(p.stat().st_size for p in (text, jsonl, wet, wiki))
+
+
+# ---------------------------------------------------------------- built-in corpora
+
+# tinyshakespeare.txt as the classic char-level baseline uses it (1,115,394 bytes).
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+
+def test_shakespeare_is_the_text_source_of_the_classic_file(tmp_path):
+    """The built-in source gives exactly the one document text:FILE gives for that file, so a
+    run on it sees the same data (and validation loss) as the classic command line."""
+    copy = tmp_path / "tinyshakespeare.txt"
+    copy.write_bytes(sources_lib.SHAKESPEARE.read_bytes())
+    builtin, stats = read("shakespeare")
+    from_file, _ = read(f"text:{copy}")
+    assert builtin == from_file and len(builtin) == 1
+    raw = copy.read_bytes()
+    assert len(raw) == 1_115_394 and hashlib.sha256(raw).hexdigest() == SHAKESPEARE_SHA256
+    assert stats.docs_by_source == {"shakespeare": 1} and stats.files == 1
+    assert sources_lib.parse_sources("shakespeare") == [sources_lib.Source("shakespeare")]
+    assert sources_lib.source_files(sources_lib.Source("shakespeare")) == []

@@ -1,4 +1,4 @@
-"""`--config FILE|PRESET` plus `--config.a.b=v` overrides: the one flag parser every command uses."""
+"""`--config FILE|PRESET` and `--config.a.b=v` overrides: the flag parser of every command."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def parse_command_line(
     if config_arg:
         try:
             argv = _with_config_path(argv, str(config_source(config_arg)))
-        except ConfigFileError as e:
+        except (ConfigFileError, FileNotFoundError) as e:
             sys.exit(f"error: {e}\n{usage}")
     config_flag = config_flags.DEFINE_config_file("config", None, "Config file or preset name.")
     if define_flags is not None:

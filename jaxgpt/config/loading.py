@@ -28,7 +28,7 @@ _OLD_IMPORT = re.compile(r"^\s*(from\s+configs(\.|\s+import\b)|import\s+configs\
 
 
 class ConfigFileError(ValueError):
-    """A --config that names no file or preset, or a file that cannot be loaded as a config."""
+    """A config file that imports the presets the old way (`from configs import base`)."""
 
 
 def presets() -> list[str]:
@@ -47,14 +47,14 @@ def config_source(spec: str | Path) -> Path:
     if _PRESET_NAME.fullmatch(name):
         if name in presets():
             return Path(importlib.util.find_spec(f"{PRESET_PACKAGE}.{name}").origin)
-        raise ConfigFileError(
+        raise FileNotFoundError(
             f"--config {name}: no such preset (presets: {', '.join(presets())}) and no such file"
         )
-    raise ConfigFileError(f"config file {spec} does not exist")
+    raise FileNotFoundError(f"config file {spec} does not exist")
 
 
 def check_config_file(path: Path) -> None:
-    """Refuse `from configs import base`: that import needed sys.path edits; name the fix."""
+    """Refuse `from configs import base`, which only resolved beside a checkout; name the fix."""
     if _OLD_IMPORT.search(path.read_text(encoding="utf-8", errors="replace")):
         raise ConfigFileError(
             f"{path} imports the presets as `configs`; write `from jaxgpt.configs import base` "

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxgpt.data import sources as sources_lib
-from jaxgpt.data.clean import CleanConfig, CleanStats, clean_documents
+from jaxgpt.data.clean import CleanStats, clean_documents
 from jaxgpt.data.dataset import (
     FORMAT_VERSION,
     DataConfig,
@@ -33,9 +33,10 @@ from jaxgpt.data.dataset import (
     is_current,
     load_dataset,
 )
-from jaxgpt.data.dedup import DedupConfig, DedupStats, deduplicate
+from jaxgpt.data.dedup import DedupStats, deduplicate
+from jaxgpt.data.sft import build_sft
 from jaxgpt.data.shards import ShardWriter, token_dtype
-from jaxgpt.data.tokenizer import load_tokenizer, tokenizer_from_bytes, train_tokenizer
+from jaxgpt.data.tokenizer import make_tokenizer, tokenizer_from_bytes
 
 AUTO_SPLIT_MIN_DOCS = 100  # fewer documents than this: hold out the tail of each instead
 ENCODE_CHUNK_BYTES = 4_000_000  # text per worker task
@@ -175,18 +176,10 @@ def _write_documents(cfg: DataConfig, tmp: Path, verbose: bool) -> tuple[BuildSt
         tfds_data_dir=cfg.tfds_data_dir,
         tfds_text_field=cfg.tfds_text_field,
     )
-    clean_cfg = CleanConfig(
-        normalization=cfg.clean_normalization,
-        min_chars=cfg.clean_min_chars,
-        max_chars=cfg.clean_max_chars,
-    )
-    dedup_cfg = DedupConfig(
-        exact=cfg.dedup_exact, near=cfg.dedup_near, threshold=cfg.dedup_threshold
-    )
-    kept = deduplicate(clean_documents(docs, clean_cfg, clean_stats), dedup_cfg, dedup_stats)
+    kept = deduplicate(clean_documents(docs, cfg.clean, clean_stats), cfg.dedup, dedup_stats)
     counts = {"train": 0, "val": 0}
     sizes = {"train": 0, "val": 0}
-    sample, sample_budget = [], int(cfg.tokenizer_train_mb * 1e6)
+    sample, sample_budget = [], int(cfg.tokenizer.train_mb * 1e6)
     files = {s: (tmp / f"{s}.jsonl").open("w", encoding="utf-8") for s in counts}
     bar = tqdm(desc="read", unit=" docs", disable=not verbose, dynamic_ncols=True)
     try:
@@ -225,17 +218,9 @@ def build_dataset(cfg: DataConfig, out_dir: str | Path, verbose: bool = True) ->
             return _finish(out_dir, tmp, _build_sft(cfg, tmp, key, started, verbose), verbose)
         stats, sample = _write_documents(cfg, tmp, verbose)
         timings = {"read_clean_dedup_s": time.time() - started}
-        if cfg.tokenizer_path:
-            tokenizer = load_tokenizer(cfg.tokenizer_path, cfg.tokenizer_eot_token)
-        else:
-            if verbose:
-                print(f"data: training a SentencePiece {cfg.tokenizer_model_type} tokenizer")
-            tokenizer = train_tokenizer(
-                sample,
-                cfg.tokenizer_vocab_size,
-                cfg.tokenizer_model_type,
-                max_bytes=int(cfg.tokenizer_train_mb * 1e6),
-            )
+        if verbose and not cfg.tokenizer.path:
+            print(f"data: training a SentencePiece {cfg.tokenizer.model_type} tokenizer")
+        tokenizer = make_tokenizer(cfg.tokenizer, sample)
         del sample
         timings["tokenizer_s"] = time.time() - started - sum(timings.values())
         tokenizer.save(tmp / type(tokenizer).filename)
@@ -292,8 +277,6 @@ def _finish(out_dir: Path, tmp: Path, report: str, verbose: bool) -> DatasetInfo
 
 def _build_sft(cfg: DataConfig, tmp: Path, key: str, started: float, verbose: bool) -> str:
     """An SFT data dir (data/sft.py) in tmp, with its metadata.json; returns the report."""
-    from jaxgpt.data.sft import build_sft
-
     built = build_sft(cfg, tmp, verbose)
     tokenizer = built["tokenizer"]
     meta = {

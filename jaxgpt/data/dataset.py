@@ -18,56 +18,20 @@ import os
 import sys
 from pathlib import Path
 
+from jaxgpt.config.data import DataConfig
 from jaxgpt.data import sources as sources_lib
 from jaxgpt.data.shards import TokenStream
 from jaxgpt.data.tokenizer import load_tokenizer
 
 FORMAT_VERSION = 3
 SPLITS = ("train", "val")
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Data settings; see configs/base.py for the meaning of each field."""
-
-    sources: str = "stdlib"
-    path: str = ""
-    format: str = "text"
-    prompt_field: str = "prompt"
-    completion_field: str = "completion"
-    text_split: str = "file"
-    jsonl_field: str = "text"
-    tfds_data_dir: str = ""
-    tfds_text_field: str = "text"
-    stdlib_max_mb: float = 8.0
-    val_fraction: float = 0.1
-    split: str = "auto"
-    strict: bool = False
-    shard_mb: float = 256.0
-    workers: int = 0
-    clean_normalization: str = "NFC"
-    clean_min_chars: int = 1
-    clean_max_chars: int = 10_000_000
-    dedup_exact: bool = True
-    dedup_near: bool = True
-    dedup_threshold: float = 0.8
-    tokenizer_model_type: str = "bpe"
-    tokenizer_vocab_size: int = 50257
-    tokenizer_train_mb: float = 20.0
-    tokenizer_path: str = ""
-    tokenizer_eot_token: str = ""
-
-    def __post_init__(self):
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.split not in ("auto", "document", "tail"):
-            raise ValueError(
-                f"data.split={self.split!r} is not one of ('auto', 'document', 'tail')"
-            )
-        if self.format not in ("text", "sft"):
-            raise ValueError(f"data.format={self.format!r} is not one of ('text', 'sft')")
-        if self.shard_mb <= 0:
-            raise ValueError(f"data.shard_mb must be positive, got {self.shard_mb}")
+# The knobs of clean/dedup/tokenizer that data dirs were keyed by before those sections were
+# nested, under their old flat names; later knobs join the key only when set off their default.
+KEYED_SECTIONS = {
+    "clean": ("normalization", "min_chars", "max_chars"),
+    "dedup": ("exact", "near", "threshold"),
+    "tokenizer": ("model_type", "vocab_size", "train_mb", "path", "eot_token"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +74,9 @@ def source_fingerprint(cfg: DataConfig) -> list:
     for source in sources_lib.parse_sources(cfg.sources):
         if source.kind == "stdlib":
             prints.append(["stdlib", sys.version])
+        elif source.kind == "shakespeare":
+            digest = hashlib.sha256(sources_lib.SHAKESPEARE.read_bytes()).hexdigest()
+            prints.append(["shakespeare", digest])
         elif source.kind == "tfds":
             data_dir = cfg.tfds_data_dir or os.environ.get("TFDS_DATA_DIR", "")
             prints.append(["tfds", source.path, data_dir])
@@ -117,19 +84,34 @@ def source_fingerprint(cfg: DataConfig) -> list:
             for f in sources_lib.source_files(source):
                 st = f.stat()
                 prints.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
-    if cfg.tokenizer_path:
-        digest = hashlib.sha256(Path(cfg.tokenizer_path).read_bytes()).hexdigest()
+    if cfg.tokenizer.path:
+        digest = hashlib.sha256(Path(cfg.tokenizer.path).read_bytes()).hexdigest()
         prints.append(["tokenizer", digest])
     return prints
 
 
 def dataset_key(cfg: DataConfig) -> str:
     """Hash of everything that decides a data dir's contents (not where it lives)."""
-    settings = dataclasses.asdict(cfg)
-    for where_or_how in ("path", "workers"):
-        settings.pop(where_or_how)
+    settings = key_settings(cfg)
     blob = json.dumps([FORMAT_VERSION, settings, source_fingerprint(cfg)], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def key_settings(cfg: DataConfig) -> dict:
+    """The settings a data dir's key hashes, flat as before the config was nested, so a data
+    dir prepared then from the same settings is still current."""
+    sections = {f: getattr(cfg, f) for f in KEYED_SECTIONS}
+    settings = {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(cfg)
+        if f.name not in (*sections, "path", "workers")  # where and how fast: not what
+    }
+    for name, section in sections.items():
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if f.name in KEYED_SECTIONS[name] or value != f.default:
+                settings[f"{name}_{f.name}"] = value
+    return settings
 
 
 def read_metadata(path: str | Path) -> dict | None:
@@ -156,9 +138,16 @@ def load_dataset(path: str | Path) -> DatasetInfo:
         tokenizer_file=meta["tokenizer_file"],
         shards={split: meta["splits"][split]["shards"] for split in SPLITS},
         documents={split: meta["splits"][split]["documents"] for split in SPLITS},
-        eot_token=meta["config"].get("tokenizer_eot_token", ""),
+        eot_token=_eot_token(meta["config"]),
         format=meta.get("format", "text"),
     )
+
+
+def _eot_token(settings: dict) -> str:
+    """data.tokenizer.eot_token from a metadata.json's config, nested (now) or flat (before)."""
+    if isinstance(settings.get("tokenizer"), dict):
+        return settings["tokenizer"].get("eot_token", "")
+    return settings.get("tokenizer_eot_token", "")
 
 
 def is_current(path: str | Path, cfg: DataConfig) -> bool:

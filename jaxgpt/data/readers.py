@@ -1,8 +1,8 @@
 """Readers for the structured source kinds: JSON Lines, TFDS, MediaWiki XML dumps, Common Crawl WET.
 
 Each reader yields documents (str) and counts what it read, skipped or repaired into a ReadStats
-(see sources.py). Bad input is counted and remembered as "path:line: reason" by default, and is a
-ValueError naming the place with strict=True. Slow imports (warcio, mwparserfromhell,
+(see inputs.py). Bad input is counted and remembered as "path:line: reason" by default, and is a
+ValueError naming the place with strict=True. Slow imports (zstandard, warcio, mwparserfromhell,
 tensorflow_datasets) happen inside the reader that needs them.
 """
 
@@ -21,10 +21,9 @@ import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
-from jaxgpt.data.inputs import (  # noqa: F401  (CorruptInputError is part of this API)
-    JSONL_ENDINGS,
+from jaxgpt.data.inputs import (
     CorruptInputError,
     ReadStats,
     Source,

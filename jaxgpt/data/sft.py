@@ -16,10 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from jaxgpt.config.data import DataConfig
 from jaxgpt.data import sources as sources_lib
+from jaxgpt.data.inputs import CorruptInputError, corrupt, input_files, reject
 from jaxgpt.data.pipeline import TrainBatches, process_rows
-from jaxgpt.data.readers import CorruptInputError, _corrupt, _input_files, _reject, open_input
+from jaxgpt.data.readers import open_input
+from jaxgpt.data.shards import ShardWriter
+from jaxgpt.data.tokenizer import make_tokenizer
 
 PROMPT_BIT = np.uint32(1 << 31)
 
@@ -37,7 +42,7 @@ def read_examples(
             f"data.format='sft' reads JSONL records, not {source.spec!r}; give "
             "data.sources=jsonl:PATH with one {prompt, completion} object per line"
         )
-    for path in _input_files(source, stats):
+    for path in input_files(source, stats):
         with open_input(path) as stream:
             try:
                 for lineno, line in enumerate(stream, 1):
@@ -47,14 +52,14 @@ def read_examples(
                     try:
                         record = json.loads(line.decode("utf-8", errors="replace"))
                     except json.JSONDecodeError as e:
-                        _reject(stats, strict, where, f"invalid JSON ({e.msg})", "bad_json_lines")
+                        reject(stats, strict, where, f"invalid JSON ({e.msg})", "bad_json_lines")
                         continue
                     fields = (prompt_field, completion_field)
                     if not isinstance(record, dict) or not all(
                         isinstance(record.get(f), str) for f in fields
                     ):
                         reason = f"needs string fields {prompt_field!r} and {completion_field!r}"
-                        _reject(stats, strict, where, reason, "missing_field_lines")
+                        reject(stats, strict, where, reason, "missing_field_lines")
                         continue
                     prompt, completion = record[prompt_field], record[completion_field]
                     if not completion.strip():
@@ -63,7 +68,7 @@ def read_examples(
                     stats.add(source, prompt + completion)
                     yield prompt, completion
             except CorruptInputError as e:
-                _corrupt(e, stats, strict)
+                corrupt(e, stats, strict)
 
 
 def split_of(prompt: str, completion: str, val_fraction: float) -> str:
@@ -159,14 +164,9 @@ def eval_rows(
     return np.stack(rows).reshape(-1, batch_size, seq_len + 1)
 
 
-def build_sft(cfg, tmp: Path, verbose: bool) -> dict:
+def build_sft(cfg: DataConfig, tmp: Path, verbose: bool) -> dict:
     """Read, deduplicate, split, tokenize and write an SFT data dir's contents into tmp;
     returns the metadata fields that differ from a text data dir."""
-    from tqdm import tqdm
-
-    from jaxgpt.data.shards import ShardWriter
-    from jaxgpt.data.tokenizer import load_tokenizer, train_tokenizer
-
     stats = sources_lib.ReadStats()
     seen: set[bytes] = set()
     duplicates = 0
@@ -177,7 +177,7 @@ def build_sft(cfg, tmp: Path, verbose: bool) -> dict:
             source, stats, cfg.strict, cfg.prompt_field, cfg.completion_field
         ):
             key = hashlib.sha1(json.dumps([prompt, completion]).encode()).digest()
-            if cfg.dedup_exact and key in seen:
+            if cfg.dedup.exact and key in seen:
                 duplicates += 1
                 continue
             seen.add(key)
@@ -191,16 +191,7 @@ def build_sft(cfg, tmp: Path, verbose: bool) -> dict:
             + (f", first: {stats.problems[0]}" if stats.problems else "")
             + "); SFT needs both: add records or change data.val_fraction"
         )
-    if cfg.tokenizer_path:
-        tokenizer = load_tokenizer(cfg.tokenizer_path, cfg.tokenizer_eot_token)
-    else:
-        texts = [p + c for p, c in examples["train"]]
-        tokenizer = train_tokenizer(
-            texts,
-            cfg.tokenizer_vocab_size,
-            cfg.tokenizer_model_type,
-            max_bytes=int(cfg.tokenizer_train_mb * 1e6),
-        )
+    tokenizer = make_tokenizer(cfg.tokenizer, [p + c for p, c in examples["train"]])
     tokenizer.save(tmp / type(tokenizer).filename)
     splits = {}
     for split, items in examples.items():

@@ -1,22 +1,37 @@
-"""Where documents come from: a spec like "text:PATH,jsonl:DIR/*.jsonl.zst" or the "stdlib" corpus.
+"""Where documents come from: a spec like "text:PATH,jsonl:DIR/*.jsonl.zst" or a built-in corpus.
 
 Kinds: text (files or folders), jsonl (JSON Lines, optionally compressed), tfds (a prepared
 TensorFlow Datasets split, tfds:NAME[/CONFIG][:SPLIT]), wiki (MediaWiki XML dumps), wet (Common
-Crawl WET files) and stdlib. Each kind is a function in READERS that yields documents (str) and
-counts into a ReadStats; the structured kinds live in readers.py.
+Crawl WET files), and two built-in corpora that need no path: stdlib (the Python standard
+library's sources) and shakespeare (tinyshakespeare, shipped with jaxgpt). Each kind is a
+function in READERS that yields documents (str) and counts into a ReadStats; the structured
+kinds live in readers.py, what all of them share in inputs.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import hashlib
 import os
 import sysconfig
 from collections.abc import Callable, Iterator
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from jaxgpt.data import readers
+from jaxgpt.data.inputs import (  # noqa: F401  (re-exported: sources.Source, sources.ReadStats)
+    MAX_PROBLEMS,
+    ReadStats,
+    Source,
+    expand_files,
+    source_files,
+)
+
+BUILT_IN = ("stdlib", "shakespeare")  # kinds that are a corpus themselves, given without a path
+# tinyshakespeare.txt (1,115,394 bytes, public domain): the classic small char-level corpus.
+SHAKESPEARE = resources.files("jaxgpt.data") / "corpora" / "tinyshakespeare.txt"
+
 
 def parse_sources(spec: str) -> list[Source]:
     """Parse "kind:path,kind:path" (or a bare "stdlib") into Sources, checking kinds and paths."""
@@ -29,11 +44,11 @@ def parse_sources(spec: str) -> list[Source]:
             raise ValueError(
                 f"data.sources: unknown kind {kind!r} in {item!r}; known kinds: {sorted(READERS)}"
             )
-        if kind != "stdlib" and not path:
+        if kind not in BUILT_IN and not path:
             raise ValueError(f"data.sources: {item!r} needs a path, as in {kind}:PATH")
         if kind == "tfds":
             readers.parse_tfds_spec(path)  # a dataset name, not a path: checked when read
-        elif kind != "stdlib" and not glob.glob(os.path.expanduser(path)):
+        elif kind not in BUILT_IN and not glob.glob(os.path.expanduser(path)):
             raise FileNotFoundError(
                 f"data.sources: {kind} path {path!r} does not exist (cwd: {os.getcwd()})"
             )
@@ -43,7 +58,7 @@ def parse_sources(spec: str) -> list[Source]:
     return sources
 
 
-def _read_text(path: Path, stats: ReadStats, strict: bool) -> str:
+def _read_text(path: Path | Traversable, stats: ReadStats, strict: bool) -> str:
     raw = path.read_bytes()
     stats.files += 1
     stats.input_bytes += len(raw)
@@ -96,6 +111,13 @@ def read_stdlib(
         yield text
 
 
+def read_shakespeare(source: Source, stats: ReadStats, strict: bool, **_) -> Iterator[str]:
+    """The shipped tinyshakespeare corpus as one document: what text:FILE gives for that file."""
+    text = _read_text(SHAKESPEARE, stats, strict)
+    stats.add(source, text)
+    yield text
+
+
 READERS: dict[str, Callable[..., Iterator[str]]] = {
     "text": read_text,
     "jsonl": readers.read_jsonl,
@@ -103,6 +125,7 @@ READERS: dict[str, Callable[..., Iterator[str]]] = {
     "wiki": readers.read_wiki,
     "wet": readers.read_wet,
     "stdlib": read_stdlib,
+    "shakespeare": read_shakespeare,
 }
 
 

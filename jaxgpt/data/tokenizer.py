@@ -9,7 +9,9 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-MODEL_TYPES = ("bpe", "unigram", "char")
+from jaxgpt.config.data import TOKENIZER_TYPES, TokenizerConfig
+
+MODEL_TYPES = TOKENIZER_TYPES
 UNK_ID, BOS_ID, EOT_ID = 0, 1, 2
 N_BYTE_PIECES = 256
 # unk, bos, eos(=end of text) and the newline piece come on top of the learned pieces.
@@ -208,3 +210,10 @@ def tokenizer_from_bytes(
     if filename.endswith(".json"):
         return HFTokenizer(data.decode(), eot_token)
     return Tokenizer(data)
+
+
+def make_tokenizer(cfg: TokenizerConfig, sample: Iterable[str]) -> Tokenizer | HFTokenizer:
+    """The data dir's tokenizer: the one at cfg.path, else one trained on `sample`."""
+    if cfg.path:
+        return load_tokenizer(cfg.path, cfg.eot_token)
+    return train_tokenizer(sample, cfg.vocab_size, cfg.model_type, int(cfg.train_mb * 1e6))

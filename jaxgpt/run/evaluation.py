@@ -13,8 +13,8 @@ import numpy as np
 from jaxgpt import sharding as sharding_lib
 from jaxgpt.checkpoint import BestCheckpoint
 from jaxgpt.config import TrainConfig
+from jaxgpt.decode.generate import generate
 from jaxgpt.metrics import MetricsWriter
-from jaxgpt.sample import generate
 from jaxgpt.state import Trainer
 
 # A row of this value in every position is padding: negative tokens are never targets

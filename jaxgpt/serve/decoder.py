@@ -1,10 +1,8 @@
 """Jitted prefill and one-token decode steps over a fixed set of batch slots.
 
-The model's own `LayerCache` keeps one fill index for the whole batch, so all of its rows must
-start together. Continuous batching needs rows that joined at different steps to decode side by
-side, so this module keeps its own cache (`RowCache`) with one index per row. `GPT.__call__`
-only reads `index` and `pad_B` from the first cache and calls `attend` on each, so the model runs
-on it unchanged.
+Continuous batching: rows that joined at different steps decode side by side, each slot a row
+of one `decode.cache.KVCache` (every row has its own length and positions), so a row joins by a
+prefill into its slot and leaves by being ignored.
 
 Shapes are bucketed so the number of compiles is bounded and all of them happen at startup:
 prefill at (rows, prompt length) in powers of two, the decode step at powers of two of the
@@ -22,8 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgpt.model import GPT, GPTConfig, cached_attention
-from jaxgpt.sample import pick_tokens, unscan_params, window_size
+from jaxgpt.decode.cache import KVCache, init_cache, set_lengths
+from jaxgpt.decode.generate import unscan_params
+from jaxgpt.decode.sampling import pick_tokens, token_logprobs
+from jaxgpt.model import GPT
 
 # Most rows one prefill call takes; more arrivals are prefilled in several calls. Caps the
 # number of prefill shapes compiled at startup.
@@ -33,47 +33,10 @@ TOP_LOGPROBS = 5
 
 
 @flax.struct.dataclass
-class RowCache:
-    """One layer's keys and values for decoding, with a fill index per row ([B, 1]).
-
-    Positions up to `index[b]` of row b hold its tokens (left-aligned, from position 0); later
-    positions are stale and never attended to, so a freed slot needs no clearing.
-    """
-
-    k_BHSQ: jax.Array  # heads before positions, as model.LayerCache (no per-step transposes)
-    v_BHSQ: jax.Array
-    index: jax.Array  # [B, 1] int32: GPT.__call__ adds arange(T) to it for position ids
-    pad_B: jax.Array  # always 0: rows are left-aligned (kept for GPT.__call__'s position ids)
-
-    @classmethod
-    def empty(cls, config: GPTConfig, batch: int, length: int) -> RowCache:
-        # Separate buffers for k and v: the slots are donated, and a buffer may be donated once.
-        zeros = lambda: jnp.zeros(
-            (batch, config.n_head, length, config.head_dim), config.compute_dtype
-        )
-        index = jnp.zeros((batch, 1), jnp.int32)
-        return cls(zeros(), zeros(), index, jnp.zeros((batch,), jnp.int32))
-
-    def attend(self, q_BTHQ, k_BTHQ, v_BTHQ) -> tuple[jax.Array, RowCache]:
-        """Write this step's keys/values at each row's index, attend over its filled part."""
-        T, S = q_BTHQ.shape[1], self.k_BHSQ.shape[2]
-        at_row = jax.vmap(lambda buf, new, i: jax.lax.dynamic_update_slice(buf, new, (0, i, 0)))
-        start_B = self.index[:, 0]
-        new_k = k_BTHQ.astype(self.k_BHSQ.dtype).transpose(0, 2, 1, 3)
-        new_v = v_BTHQ.astype(self.v_BHSQ.dtype).transpose(0, 2, 1, 3)
-        k_BHSQ = at_row(self.k_BHSQ, new_k, start_B)
-        v_BHSQ = at_row(self.v_BHSQ, new_v, start_B)
-        q_pos_BT = self.index + jnp.arange(T)[None, :]
-        visible_BTS = jnp.arange(S)[None, None, :] <= q_pos_BT[:, :, None]
-        y_BTHQ = cached_attention(q_BTHQ, k_BHSQ, v_BHSQ, visible_BTS)
-        return y_BTHQ, self.replace(k_BHSQ=k_BHSQ, v_BHSQ=v_BHSQ)
-
-
-@flax.struct.dataclass
 class Slots:
     """Everything the decode step needs per slot, kept on the device between steps."""
 
-    caches: list[RowCache]
+    caches: list[KVCache]
     token_B: jax.Array  # the last token drawn: the next step's input
     t_B: jax.Array  # how many tokens the row has drawn (the step-key index)
     key_B2: jax.Array  # raw uint32 key data of the row's key (fold_in(key(seed), choice))
@@ -83,15 +46,11 @@ class Slots:
 
 
 def _pick(logits_BV, key_B2, t_B, slots_like: Slots, vocab_limit: int):
-    """Tokens as sample.pick_tokens draws them, plus their log-probabilities and the top few."""
+    """Tokens as decode.generate draws them, plus their log-probabilities and the top few."""
     keys_B = jax.vmap(jax.random.fold_in)(jax.random.wrap_key_data(key_B2), t_B)
     s = slots_like
     token_B = pick_tokens(logits_BV, keys_B, s.temperature_B, s.top_k_B, s.top_p_B, vocab_limit)
-    V = logits_BV.shape[-1]
-    logp_BV = jax.nn.log_softmax(jnp.where(jnp.arange(V) < vocab_limit, logits_BV, -jnp.inf))
-    chosen_B = jnp.take_along_axis(logp_BV, token_B[:, None], axis=-1)[:, 0]
-    top_lp_BK, top_id_BK = jax.lax.top_k(logp_BV, min(TOP_LOGPROBS, vocab_limit))
-    return token_B, chosen_B, top_id_BK, top_lp_BK
+    return token_B, *token_logprobs(logits_BV, token_B, vocab_limit, TOP_LOGPROBS)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "vocab_limit"), donate_argnums=(1,))
@@ -105,14 +64,16 @@ def _prefill(
     Padding rows carry slot index B (past the end), so their writes are dropped.
     """
     b, P = tokens_bP.shape
-    # Row keys as sample.row_keys makes them: fold_in(key(seed), choice). Folding here rather
-    # than on the host keeps the number of compiled shapes independent of requests' sizes.
+    # Row keys as decode.sampling.row_keys makes them: fold_in(key(seed), choice). Folding here
+    # rather than on the host keeps the number of compiled shapes independent of requests' sizes.
     seed_keys_b = jax.random.wrap_key_data(new.key_B2)
     new = new.replace(
         key_B2=jax.random.key_data(jax.vmap(jax.random.fold_in)(seed_keys_b, choice_b))
     )
-    caches = [RowCache.empty(model.config, b, P) for _ in range(model.config.n_layer)]
-    logits_bPV, caches = model.apply({"params": params}, tokens_bP, caches=caches)
+    logits_bPV, caches = model.apply(
+        {"params": params}, tokens_bP, caches=init_cache(model.config, b, P)
+    )
+    caches = set_lengths(caches, len_b)
     last_bV = logits_bPV[jnp.arange(b), len_b - 1]
     t_b = new.t_B
     token_b, *info = _pick(last_bV, new.key_B2, t_b, new, vocab_limit)
@@ -122,7 +83,7 @@ def _prefill(
         big.replace(
             k_BHSQ=big.k_BHSQ.at[slot_b, :, :P].set(small.k_BHSQ, mode="drop"),
             v_BHSQ=big.v_BHSQ.at[slot_b, :, :P].set(small.v_BHSQ, mode="drop"),
-            index=put(big.index, len_b[:, None]),
+            length_B=put(big.length_B, small.length_B),
         )
         for big, small in zip(slots.caches, caches, strict=True)
     ]
@@ -144,10 +105,10 @@ def _step(params, slots: Slots, *, model, rows, vocab_limit):
     sub = jax.tree.map(lambda x: x[:rows], slots)
     logits_B1V, caches = model.apply({"params": params}, sub.token_B[:, None], caches=sub.caches)
     token_B, *info = _pick(logits_B1V[:, 0], sub.key_B2, sub.t_B, sub, vocab_limit)
-    # Free slots keep stepping; pin their index inside the buffer. A busy row that filled it
-    # slides (a fresh prefill sets its index) before it steps again.
+    # Free slots keep stepping; pin their length inside the buffer. A busy row that filled it
+    # slides (a fresh prefill sets its length) before it steps again.
     last = model.config.block_size - 1
-    caches = [c.replace(index=jnp.minimum(c.index, last)) for c in caches]
+    caches = [c.replace(length_B=jnp.minimum(c.length_B, last)) for c in caches]
     sub = sub.replace(caches=caches, token_B=token_B, t_B=sub.t_B + 1)
     slots = jax.tree.map(lambda full, part: full.at[:rows].set(part), slots, sub)
     return slots, (token_B, *info)
@@ -181,8 +142,6 @@ class Decoder:
         self.config = model.config
         self.vocab_limit = vocab_limit
         self.max_batch = max_batch
-        # Tokens a row keeps when its cache is full, as sample.generate_batch slides.
-        self.window = window_size(self.config.block_size)
         self.step_sizes = _powers_of_two(1, max_batch)
         self.prefill_sizes = _powers_of_two(1, min(PREFILL_ROWS, max_batch))
         # Prompts shorter than 32 tokens cost about the same to run at 32.
@@ -192,7 +151,7 @@ class Decoder:
     def _empty(self, batch: int) -> Slots:
         c = self.config
         return Slots(
-            caches=[RowCache.empty(c, batch, c.block_size) for _ in range(c.n_layer)],
+            caches=init_cache(c, batch),
             token_B=jnp.zeros((batch,), jnp.int32),
             t_B=jnp.zeros((batch,), jnp.int32),
             key_B2=jnp.zeros((batch, 2), jnp.uint32),

@@ -6,10 +6,10 @@ decode step for every busy slot and hands each row's new text to its request. A 
 slot as soon as it ends (end-of-text, a stop string, max_tokens or a cancel), and a waiting row
 takes the slot at the next step: requests never wait for a whole batch to finish.
 
-A row may generate past the model's context. When its cache is full it slides on its own, as
-`sample.generate_batch` slides a batch: it keeps its last `window_size(block_size)` tokens, which
-the model re-reads from position 0 through the same prefill new rows go through (between two
-steps, in its own slot), and decoding goes on.
+A row may generate past the model's context. When its cache is full it slides on its own, by
+the rule offline generation slides with (`decode.window.slide`): it keeps its last
+`window_size(block_size)` tokens, which the model re-reads from position 0 through the same
+prefill new rows go through (between two steps, in its own slot), and decoding goes on.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from jaxgpt.decode.window import slide
 from jaxgpt.serve.decoder import PREFILL_ROWS, Decoder, seed_key_data
 from jaxgpt.serve.text import TextStream
 
@@ -227,12 +228,12 @@ class Engine:
             heapq.heappush(self._free, row.slot)
 
     def _prefill(self, rows: list[Row]) -> None:
-        """Start new rows from their prompts, and slide full ones: a full row re-reads its last
-        `window` tokens (prompt and drawn ones, the one just drawn last) from position 0 and
-        draws its next token with the step key it was due, as sample.generate_batch does."""
+        """Start new rows from their prompts, and slide full ones: a full row keeps its window
+        of latest tokens (prompt and drawn ones, the one just drawn last), which the model
+        re-reads, and draws its next token with the step key it was due (decode.window)."""
         jobs = [r.job for r in rows]
-        W = self.decoder.window
-        inputs = [(r.prompt + r.ids)[-W:] if r.ids else r.prompt for r in rows]
+        context = self.decoder.config.block_size
+        inputs = [slide(r.prompt + r.ids, context) if r.ids else r.prompt for r in rows]
         out = self.decoder.prefill(
             inputs,
             [r.slot for r in rows],
