@@ -131,8 +131,10 @@ def state_memory(
         return StateBytes(param_bytes, opt_bytes, 0, uneven)
     # The weights as one device holds them once the fsdp axis is gathered (tensor split kept).
     unsharded = dict(zip(sharding_lib.MESH_AXES, shape, strict=True), fsdp=1)
-    gathered_sh = sharding_lib.logical_to_shardings(
-        logical, abstract_mesh(tuple(unsharded.values())), rules
+    # Fitted as the trainer's are: a dimension the tensor axis does not divide stays whole.
+    gathered_sh = sharding_lib.fit_to_shapes(
+        sharding_lib.logical_to_shardings(logical, abstract_mesh(tuple(unsharded.values())), rules),
+        params,
     )
     per_key = {k: tree_shard_bytes(params[k], gathered_sh[k]) for k in params}
     layer = sum(v for k, v in per_key.items() if k.startswith("h")) // model.n_layer

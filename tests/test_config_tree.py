@@ -4,7 +4,6 @@ still load; presets come from the package jaxgpt.configs, not from sys.path."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import subprocess
@@ -263,39 +262,7 @@ def test_pyproject_packages_every_folder_and_the_presets():
     assert "corpora/*.txt" in project["package-data"]["jaxgpt.data"]
 
 
-# ---------------------------------------------------------------- layering
-
-
-def imports(path: Path) -> list[tuple[str, bool]]:
-    """(module, inside a function) for every import of a file."""
-    tree = ast.parse(path.read_text())
-    nested = {
-        id(node)
-        for fn in ast.walk(tree)
-        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
-        for node in ast.walk(fn)
-    }
-    out = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            out.append((node.module, id(node) in nested))
-        elif isinstance(node, ast.Import):
-            out += [(alias.name, id(node) in nested) for alias in node.names]
-    return out
-
-
-def test_config_layer_imports_only_itself():
-    for path in (REPO / "jaxgpt" / "config").glob("*.py"):
-        for module, _ in imports(path):
-            if module.startswith("jaxgpt"):
-                assert module.startswith("jaxgpt.config"), f"{path.name} imports {module}"
-
-
-def test_data_modules_import_jaxgpt_at_the_top():
-    """No import cycle hidden in a function: jaxgpt imports in jaxgpt/data are module-level."""
-    for path in (REPO / "jaxgpt" / "data").glob("*.py"):
-        late = [m for m, inside in imports(path) if inside and m.startswith("jaxgpt")]
-        assert late == [], f"{path.name} imports {late} inside a function"
+# ---------------------------------------------------------------- layering (see test_layers.py)
 
 
 def test_no_sys_path_edits_in_the_package():

@@ -224,3 +224,14 @@ def test_activations_grow_with_batch_and_sequence(remat, scan):
     assert by_len[0] < by_len[1] < by_len[2]
     # Attention probabilities grow as T², so without flash attention more than linearly.
     assert by_len[2] > 4 * by_len[0]
+
+
+def test_gathered_bytes_keep_an_undivided_vocab_whole():
+    """wte [V, D] with tensor=2: V=64 splits over tensor (32 rows a device), V=65 cannot and the
+    trainer keeps it whole (fit_to_shapes), so its FSDP-gathered copy holds all 65 rows."""
+
+    def gathered(vocab: int) -> int:
+        model = GPTConfig(vocab_size=vocab, block_size=16, n_layer=2, n_head=2, n_embd=32)
+        return state_memory(model, OptConfig(), (1, 2, 2), RULES).gathered
+
+    assert gathered(65) - gathered(64) == (65 - 32) * 32 * 4

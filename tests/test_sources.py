@@ -1,4 +1,4 @@
-"""Tests for jaxgpt/data/sources.py and readers.py: every source kind, and bad input of each sort.
+"""Tests for jaxgpt/data/sources.py, inputs.py and readers.py: every source kind, and bad input.
 
 Every input is built here in tmp_path (nothing is downloaded): JSONL in plain/.gz/.bz2/.zst, a
 hand-written MediaWiki export, WET files written with warcio, and a tiny TFDS dataset prepared

@@ -63,4 +63,3 @@ def _tuples(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return tuple(_tuples(v) for v in value)
     return value
-

@@ -111,7 +111,7 @@ def expand_files(path: str, endings: tuple[str, ...] | None = None) -> list[Path
 
 
 def source_files(source: Source) -> list[Path]:
-    """A source's input files (none for stdlib, tfds); FileNotFoundError when a glob finds none."""
+    """A source's input files (none for built-in corpora, tfds); FileNotFoundError if none."""
     if source.kind in NOT_FILES:
         return []
     endings = FILE_ENDINGS.get(source.kind)
