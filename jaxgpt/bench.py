@@ -9,29 +9,22 @@ from __future__ import annotations
 import json
 import sys
 
-from absl import flags
-
 from jaxgpt import config as config_lib
 from jaxgpt.run.bench import benchmark, format_result
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse flags, benchmark, print the report and one JSON line."""
-    usage = (
-        "usage: python -m jaxgpt.bench --config configs/small.py [--config.x=y ...] "
-        "[--steps N] [--warmup N] [--data DIR] [--profile DIR]"
+    parser = config_lib.make_parser("bench", __doc__, config=True)
+    parser.add_argument(
+        "--steps", type=int, default=20, help="timed steps (the median is reported)"
     )
-
-    def define() -> None:
-        flags.DEFINE_integer("steps", 20, "Timed steps (the median is reported).")
-        flags.DEFINE_integer("warmup", 3, "Untimed steps after the first.")
-        flags.DEFINE_string("data", None, "Prepared data dir: real batches via tf.data.")
-        flags.DEFINE_string("profile", None, "Also trace 5 steps into this dir; print top ops.")
-
-    config = config_lib.parse_command_line(argv, usage, define)
-    f = flags.FLAGS
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps after the first")
+    parser.add_argument("--data", help="prepared data dir: real batches via tf.data")
+    parser.add_argument("--profile", help="also trace 5 steps into this dir; print top ops")
+    args = config_lib.parse_args(parser, argv)
     try:
-        result = benchmark(config, f.steps, f.warmup, f.data, f.profile)
+        result = benchmark(args.config, args.steps, args.warmup, args.data, args.profile)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     print(format_result(result))

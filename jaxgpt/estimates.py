@@ -47,7 +47,6 @@ class StateBytes:
     params: int
     opt: int
     gathered: int  # FSDP: weights (and their unreduced gradients) all-gathered at once
-    uneven: tuple[str, ...] = ()  # parameters whose dimensions the mesh does not divide
 
 
 def abstract_mesh(shape: tuple[int, ...]) -> AbstractMesh:
@@ -125,10 +124,9 @@ def state_memory(
     param_sh, opt_sh = state_shardings(params, logical, opt_shapes, abstract_mesh(shape), rules)
     param_bytes = tree_shard_bytes(params, param_sh)
     opt_bytes = tree_shard_bytes(opt_shapes, opt_sh)
-    uneven = uneven_leaves(params, param_sh)
     fsdp = shape[sharding_lib.MESH_AXES.index("fsdp")]
     if fsdp == 1:
-        return StateBytes(param_bytes, opt_bytes, 0, uneven)
+        return StateBytes(param_bytes, opt_bytes, 0)
     # The weights as one device holds them once the fsdp axis is gathered (tensor split kept).
     unsharded = dict(zip(sharding_lib.MESH_AXES, shape, strict=True), fsdp=1)
     # Fitted as the trainer's are: a dimension the tensor axis does not divide stays whole.
@@ -142,19 +140,7 @@ def state_memory(
     # embedding. Unrolled, XLA shares each forward all-gather with the backward pass, so every
     # gathered weight stays live through the step: why large FSDP runs want scan_layers.
     gathered = 2 * layer + per_key["wte"] if model.scan_layers else sum(per_key.values()) + layer
-    return StateBytes(param_bytes, opt_bytes, gathered, uneven)
-
-
-def uneven_leaves(params: Any, shardings: Any) -> tuple[str, ...]:
-    """'path shape spec' of each parameter whose shape the mesh does not divide evenly."""
-    flat_sh = jax.tree.leaves(shardings, is_leaf=_is_sharding)
-    found = []
-    for (path, leaf), sh in zip(jax.tree_util.tree_leaves_with_path(params), flat_sh, strict=True):
-        try:
-            sh.shard_shape(leaf.shape)
-        except ValueError:
-            found.append(f"{jax.tree_util.keystr(path)} {leaf.shape} over {sh.spec}")
-    return tuple(found)
+    return StateBytes(param_bytes, opt_bytes, gathered)
 
 
 def activation_bytes(

@@ -7,22 +7,22 @@ tokenizers. Without --sources it scores the run's own validation split, all of i
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from jaxgpt import config as config_lib
 from jaxgpt import host_memory
 from jaxgpt.run.scoring import evaluate
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m jaxgpt.evaluate", description=__doc__)
+    p = config_lib.make_parser("evaluate", __doc__)
     p.add_argument("--workdir", required=True)
     p.add_argument("--sources", help="text to score instead, e.g. text:book.txt,jsonl:x.jsonl")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--json", help="also write the result to this file")
-    args = p.parse_args(argv)
+    args = config_lib.parse_args(p, argv)
     host_memory.keep_freed_memory()
     try:
         result = evaluate(args.workdir, args.sources, args.batch_size)

@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jaxgpt import config as config_lib
 from jaxgpt.interop.hf_export import export_hf
 from jaxgpt.interop.onnx import export_onnx  # torch and onnx load only when it runs
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m jaxgpt.export",
-        description="Export a jaxgpt training run as a Hugging Face GPT-2 folder or ONNX model.",
+    parser = config_lib.make_parser(
+        "export", "Export a jaxgpt training run as a Hugging Face GPT-2 folder or ONNX model."
     )
     parser.add_argument("--workdir", required=True, help="training run directory")
     parser.add_argument("--out", required=True, help="folder to write")
@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    args = config_lib.parse_args(_parser(), argv)
     if args.format == "onnx":
         try:
             path, diff = export_onnx(args.workdir, args.out, args.dtype, args.step)

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import jax
 
+from jaxgpt import config as config_lib
 from jaxgpt import host_memory
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jaxgpt.generate", description=__doc__)
+    p = config_lib.make_parser("generate", __doc__)
     p.add_argument("--workdir", required=True, help="a training run's directory")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompt_file", help="one prompt per line; - for stdin")
@@ -40,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="checkpoint step (default: the best params if the run kept them, else the latest)",
     )
-    return p.parse_args(argv)
+    return config_lib.parse_args(p, argv)
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:

@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import sys
 
+from jaxgpt import config as config_lib
+from jaxgpt.data.build import build_dataset, prepare_dataset
+
 
 def main(argv: list[str] | None = None) -> None:
-    from absl import flags
-
-    from jaxgpt import config as config_lib
-    from jaxgpt.data.build import build_dataset, prepare_dataset
-
-    usage = "usage: python -m jaxgpt.prepare --config FILE --config.data.path=DIR [--force]"
-    config = config_lib.parse_command_line(
-        argv, usage, lambda: flags.DEFINE_bool("force", False, "Rebuild even if up to date.")
-    )
+    parser = config_lib.make_parser("prepare", __doc__, config=True)
+    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    args = config_lib.parse_args(parser, argv)
     try:
-        rc = config_lib.run_config(config)
+        rc = config_lib.run_config(args.config)
         if not rc.data.path:
-            sys.exit(f"error: set --config.data.path=DIR (where the dataset goes)\n{usage}")
-        build = build_dataset if flags.FLAGS.force else prepare_dataset
+            parser.exit(1, "error: set --config.data.path=DIR (where the dataset goes)\n")
+        build = build_dataset if args.force else prepare_dataset
         info = build(rc.data, rc.data.path)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

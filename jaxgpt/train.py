@@ -1,29 +1,23 @@
 """Train a GPT: `python -m jaxgpt.train --config configs/tiny.py --workdir runs/tiny`.
 
-Re-running the same command on the same workdir resumes from the latest checkpoint.
+Re-running the same command on the same workdir resumes from the latest checkpoint. Any config
+key can be overridden: --config.opt.lr=3e-4 --config.train.steps=2000 (configs/base.py).
 """
 
 from __future__ import annotations
 
 import sys
 
-from absl import flags
-
 from jaxgpt import config as config_lib
 from jaxgpt.run.loop import train
 
 
 def main(argv: list[str] | None = None) -> None:
-    usage = "usage: python -m jaxgpt.train --config configs/tiny.py --workdir DIR [--config.x=y]"
-    config = config_lib.parse_command_line(
-        argv,
-        usage,
-        lambda: flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, ..."),
-    )
-    if not flags.FLAGS.workdir:
-        sys.exit(usage)
+    parser = config_lib.make_parser("train", __doc__, config=True)
+    parser.add_argument("--workdir", required=True, help="run directory: checkpoints, metrics, ...")
+    args = config_lib.parse_args(parser, argv)
     try:
-        summary = train(config, flags.FLAGS.workdir)
+        summary = train(args.config, args.workdir)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     if summary.preempted:

@@ -82,7 +82,7 @@ def test_state_on_one_device_is_every_byte():
     s = state_memory(TINY, OPT, (1, 1, 1), RULES)
     assert s.params == 4 * N
     assert s.opt == 2 * 4 * N + 2 * 4  # two float32 moments, two int32 counts
-    assert s.gathered == 0 and s.uneven == ()
+    assert s.gathered == 0
     # Data parallelism replicates the state: the same bytes on each device.
     assert state_memory(TINY, OPT, (4, 1, 1), RULES) == s
 

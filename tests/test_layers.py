@@ -23,7 +23,7 @@ COMMANDS = {
 }
 # Lazy imports kept on purpose: these modules pull in optional heavy dependencies (torch, onnx,
 # fastapi), so commands import them only when the user asks for what needs them.
-HEAVY = {"jaxgpt.interop.onnx", "jaxgpt.serve.app", "jaxgpt.serve.server"}
+HEAVY = {"jaxgpt.interop.onnx"}
 
 
 def layer(module: str) -> int:

@@ -18,7 +18,7 @@ from jaxgpt import config as config_lib
 from jaxgpt import sharding as sharding_lib
 from jaxgpt.model import GPT
 from jaxgpt.optimizer import make_optimizer, make_schedule
-from jaxgpt.plan import GB, format_plan, largest_batch, plan
+from jaxgpt.run.plan import GB, format_plan, largest_batch, plan
 from jaxgpt.state import make_trainer
 
 REPO = Path(__file__).resolve().parent.parent

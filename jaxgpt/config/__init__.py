@@ -6,9 +6,10 @@ CleanConfig, ...); `run_config` builds them all with one recursive rule (config/
 """
 
 from jaxgpt.config.command_line import (
-    config_path_from_argv,
-    describe_config_error,
-    parse_command_line,
+    ConfigValueError,
+    apply_override,
+    make_parser,
+    parse_args,
 )
 from jaxgpt.config.data import CleanConfig, DataConfig, DedupConfig, TokenizerConfig
 from jaxgpt.config.loading import (
@@ -38,6 +39,7 @@ __all__ = [
     "CleanConfig",
     "ConfigFileError",
     "ConfigKeyError",
+    "ConfigValueError",
     "DataConfig",
     "DedupConfig",
     "DistConfig",
@@ -47,15 +49,15 @@ __all__ = [
     "RunConfig",
     "TokenizerConfig",
     "TrainConfig",
+    "apply_override",
     "check_config_file",
-    "config_path_from_argv",
     "config_source",
-    "describe_config_error",
     "from_dict",
     "load_config_file",
+    "make_parser",
     "model_config",
     "override",
-    "parse_command_line",
+    "parse_args",
     "presets",
     "resolve_vocab",
     "run_config",

@@ -10,6 +10,7 @@ cover every window of an epoch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import queue
 import threading
@@ -155,6 +156,9 @@ def prefetch(produce: Callable, items, depth: int = 2) -> Iterator:
                 raise item
             yield item
     finally:
+        # Wait for the worker to leave the source iterator: a thread still inside tf.data's
+        # C++ code when the interpreter exits can abort the process (seen after SIGTERM).
         stop.set()
-        while not buffer.empty():  # unblock a worker waiting on a full queue
-            buffer.get_nowait()
+        while thread.is_alive():
+            with contextlib.suppress(queue.Empty):  # unblock a worker waiting on a full queue
+                buffer.get(timeout=0.05)

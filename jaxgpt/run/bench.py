@@ -27,8 +27,8 @@ from jaxgpt import sharding as sharding_lib
 from jaxgpt.data.build import prepare_dataset
 from jaxgpt.data.pipeline import TrainBatches, prefetch, tf_batches
 from jaxgpt.model import GPTConfig, count_params, flops_per_token
-from jaxgpt.plan import resolve_model
 from jaxgpt.run.meter import StepMeter
+from jaxgpt.run.plan import resolve_model
 from jaxgpt.run.setup import build_trainer, start_runtime
 from jaxgpt.state import Trainer
 

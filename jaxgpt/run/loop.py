@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -39,9 +40,10 @@ def train(
     say, log = progress.say, progress.log
     end, result = _plan_start(run, evals, say)
     dropout_rng = jax.random.fold_in(jax.random.key(tc.seed), 1)
-    with Preemption() as preemption:
+    # closing(): the input thread stops before the run goes on to close its other parts.
+    inputs = contextlib.closing(prefetch(run.to_global, tf_batches(run.batches, step, end)))
+    with Preemption() as preemption, inputs as batches:
         rules = StopRules(preemption, tc.log_every, stop_at)
-        batches = prefetch(run.to_global, tf_batches(run.batches, step, end))
         while (batch := meter.next_batch(batches, count_wait=step > run.start)) is not None:
             state, metrics = trainer.step(state, batch, dropout_rng)
             step += 1

@@ -8,14 +8,16 @@ import logging
 import os
 import sys
 
+from jaxgpt import config as config_lib
 from jaxgpt import host_memory
+from jaxgpt.serve.loading import check_model_dir
 from jaxgpt.serve.server import Options, serve
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m jaxgpt.serve",
-        description="Serve a jaxgpt model over HTTP: POST /v1/completions (OpenAI format, "
+    p = config_lib.make_parser(
+        "serve",
+        "Serve a jaxgpt model over HTTP: POST /v1/completions (OpenAI format, "
         "streaming), GET /v1/models, /health, /metrics. See docs/serving.md.",
     )
     p.add_argument(
@@ -68,13 +70,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds SIGTERM waits for in-flight requests before cancelling them",
     )
     p.add_argument("--step_delay_ms", type=float, default=0.0, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    return config_lib.parse_args(p, argv)
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
     """Flags → Options, failing early (before any model loads) on bad values."""
-    from jaxgpt.serve.loading import check_model_dir
-
     check_model_dir(args.workdir)
     for flag in ("max_batch", "max_queue", "max_body_bytes", "max_tokens_cap"):
         value = getattr(args, flag)

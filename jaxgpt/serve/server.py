@@ -9,6 +9,9 @@ import sys
 import time
 
 from jaxgpt.serve.app import Backend, Settings, create_app
+from jaxgpt.serve.decoder import Decoder
+from jaxgpt.serve.engine import Engine
+from jaxgpt.serve.loading import load_model
 from jaxgpt.serve.metrics import Metrics
 
 log = logging.getLogger("jaxgpt.serve")
@@ -34,10 +37,6 @@ class Options:
 
 def load_backend(options: Options, metrics: Metrics) -> Backend:
     """Weights, tokenizer, every compiled shape, and the engine thread, started."""
-    from jaxgpt.serve.decoder import Decoder
-    from jaxgpt.serve.engine import Engine
-    from jaxgpt.serve.loading import load_model
-
     start = time.perf_counter()
     served = load_model(options.workdir, options.step, options.model_name)
     vocab_limit = min(served.tokenizer.vocab_size, served.model.config.vocab_size)
