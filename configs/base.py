@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from jaxgpt.config.run import DEFAULT_RULES
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -119,25 +121,11 @@ def get_config() -> ml_collections.ConfigDict:
     # CPU runs: devices the host is split into (0 = auto: one per core, at most 8, dividing the
     # batch; 1 = one device on all cores). Ignored when XLA_FLAGS sets a device count.
     c.mesh.cpu_devices = 0
-    # Logical axis -> mesh axes. Params use vocab/embed/heads/kv/mlp/norm/pos/layers;
-    # activations use the act_* names.
-    c.mesh.rules = (
-        ("batch", ("data", "fsdp")),
-        ("vocab", "tensor"),
-        ("embed", "fsdp"),
-        ("heads", "tensor"),
-        ("mlp", "tensor"),
-        ("kv", None),
-        ("qkv", None),
-        ("norm", None),
-        ("pos", None),
-        ("layers", None),
-        ("act_seq", None),
-        ("act_embed", None),
-        ("act_heads", "tensor"),
-        ("act_mlp", "tensor"),
-        ("act_vocab", "tensor"),
-    )
+    # Logical axis -> mesh axes, as (name, mesh axis | None | tuple of axes) pairs. Params use
+    # vocab/embed/heads/kv/mlp/norm/pos/layers; activations use the act_* names. The default
+    # (jaxgpt/config/run.py) puts the batch on data × fsdp, embed on fsdp, and vocab, heads and
+    # mlp (and their activations) on tensor; everything else is replicated.
+    c.mesh.rules = DEFAULT_RULES
 
     c.dist = ml_collections.ConfigDict()
     c.dist.enabled = True  # join a multi-process job when one is configured or detected

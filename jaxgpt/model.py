@@ -301,6 +301,16 @@ class GPT(nn.Module):
         logits_BTV = self.logits(self.ln_f(x_BTD))
         return logits_BTV if caches is None else (logits_BTV, new_caches)
 
+    def last_logits(
+        self, tokens_BT: jax.Array, caches: list[KVCache], last_B: jax.Array
+    ) -> tuple[jax.Array, list[KVCache]]:
+        """Decoding a prompt: logits [B, V] at row b's position last_B[b] only, and the updated
+        caches. Only those rows go through the output projection, most of a prefill's work for
+        a vocabulary larger than the width (call with apply(..., method=...))."""
+        x_BTD, new_caches = self._trunk(tokens_BT, True, caches)
+        x_BD = jnp.take_along_axis(self.ln_f(x_BTD), last_B[:, None, None], axis=1)[:, 0]
+        return self.logits(x_BD), new_caches
+
     def hidden_states(self, tokens_BT: jax.Array, deterministic: bool = True) -> jax.Array:
         """The final LayerNorm's output [B, T, D] in the compute dtype: what the tied output
         projection reads. loss.chunked_cross_entropy projects it a chunk at a time, so the

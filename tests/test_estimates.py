@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxgpt.config import load_config_file
 from jaxgpt.config.model import REMAT_POLICIES, GPTConfig
+from jaxgpt.config.run import DEFAULT_RULES
 from jaxgpt.estimates import (
     abstract_mesh,
     abstract_state,
@@ -34,31 +35,19 @@ TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
 OPT = OptConfig()
 N = 28_032
 LAYER = 12_704
-RULES = (
-    ("batch", ("data", "fsdp")),
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("mlp", "tensor"),
-    ("kv", None),
-    ("qkv", None),
-    ("norm", None),
-    ("pos", None),
-    ("layers", None),
-    ("act_seq", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_mlp", "tensor"),
-    ("act_vocab", "tensor"),
-)
+RULES = DEFAULT_RULES
 ONE = {"data": 1, "fsdp": 1, "tensor": 1}
 TP2 = {"data": 1, "fsdp": 1, "tensor": 2}
 
 
 def test_rules_here_are_the_default_rules():
-    """The hand computations below assume configs/base.py's rules."""
+    """The hand computations below assume configs/base.py's rules (the default ones)."""
     base = load_config_file(Path(__file__).resolve().parent.parent / "configs" / "base.py")
     assert tuple(tuple(r) for r in base.mesh.rules) == RULES
+    split = dict(RULES)
+    assert split["batch"] == ("data", "fsdp") and split["embed"] == "fsdp"
+    assert split["vocab"] == split["heads"] == split["mlp"] == "tensor"
+    assert split["kv"] is split["pos"] is split["norm"] is None
 
 
 def test_abstract_state_shapes_and_flops():

@@ -124,6 +124,26 @@ def test_checkpoint_that_does_not_match_config_fails_clearly(small_corpus, tmp_p
     )
 
 
+def test_epochs_derive_the_steps_and_the_schedule(small_corpus, tmp_path, capsys):
+    """train.epochs=2 trains ceil(2 · windows / batch) steps, says so, and decays the learning
+    rate over exactly those steps; a rerun finds the run finished."""
+    workdir = tmp_path / "run"
+    cfg = tiny_config(
+        small_corpus, **{"train.epochs": 2, "train.eval_every": 0, "ckpt.every": 1000}
+    )
+    summary = train(cfg, workdir)
+    meta = json.loads((workdir / "data" / "metadata.json").read_text())
+    windows = (meta["splits"]["train"]["tokens"] - 1) // 32  # block_size 32
+    steps = -(-2 * windows // 16)  # batch 16
+    assert steps != 20 and summary.steps == steps  # not train.steps
+    assert f"train.epochs=2: {steps:,} steps of 16 sequences" in capsys.readouterr().out
+    last = [r for r in metrics_lib.read_metrics(workdir) if "lr" in r][-1]
+    assert last["step"] == steps
+    # make_schedule(opt, steps): the last step's learning rate is near min_lr, not mid-decay.
+    assert last["lr"] == pytest.approx(cfg.opt.min_lr, rel=0.05)
+    assert train(cfg, workdir).start_step == steps
+
+
 def test_batch_not_divisible_by_data_parallel_size(small_corpus, tmp_path):
     with pytest.raises(ValueError, match="divisible by the data-parallel size 8"):
         train(tiny_config(small_corpus, **{"train.batch_size": 12}), tmp_path)

@@ -52,9 +52,11 @@ def _segment(params, prompt_BP, len_B, keys_B, t0, n_steps, done_B, settings, *,
     temperature, top_k, top_p, eot_id = settings
     B = prompt_BP.shape[0]
     apply = lambda tokens_BT, caches: model.apply({"params": params}, tokens_BT, caches=caches)
-    logits_BPV, caches = apply(prompt_BP, init_cache(model.config, B, cache_len))
+    last_BV, caches = model.apply(
+        {"params": params}, prompt_BP, init_cache(model.config, B, cache_len), len_B - 1,
+        method=GPT.last_logits,
+    )  # fmt: skip
     caches = set_lengths(caches, len_B)
-    last_BV = jnp.take_along_axis(logits_BPV, (len_B - 1)[:, None, None], axis=1)[:, 0]
 
     def draw(logits_BV, done_B, t):
         picked_B = pick_tokens(logits_BV, step_keys(keys_B, t), temperature, top_k, top_p,

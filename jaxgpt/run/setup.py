@@ -56,9 +56,9 @@ def batch_split_problem(train: TrainConfig, n_batch: int, eval_batch: int) -> st
         return None
     return (
         f"train.batch_size={train.batch_size} over train.microbatches={train.microbatches} "
-        f"gives {micro} sequences per microbatch (eval batch {eval_batch}), which must be "
-        f"divisible by the data-parallel size {n_batch} (mesh data × fsdp); change "
-        "train.batch_size or the mesh"
+        f"gives {micro} sequences per microbatch and the eval batch is {eval_batch}: a batch "
+        f"not divisible by the data-parallel size {n_batch} (mesh data × fsdp) cannot be "
+        "split; change train.batch_size (or train.eval_batch_size) or the mesh"
     )
 
 

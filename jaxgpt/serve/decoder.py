@@ -70,11 +70,11 @@ def _prefill(
     new = new.replace(
         key_B2=jax.random.key_data(jax.vmap(jax.random.fold_in)(seed_keys_b, choice_b))
     )
-    logits_bPV, caches = model.apply(
-        {"params": params}, tokens_bP, caches=init_cache(model.config, b, P)
-    )
+    last_bV, caches = model.apply(
+        {"params": params}, tokens_bP, init_cache(model.config, b, P), len_b - 1,
+        method=GPT.last_logits,
+    )  # fmt: skip
     caches = set_lengths(caches, len_b)
-    last_bV = logits_bPV[jnp.arange(b), len_b - 1]
     t_b = new.t_B
     token_b, *info = _pick(last_bV, new.key_B2, t_b, new, vocab_limit)
 
