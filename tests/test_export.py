@@ -306,7 +306,7 @@ def _greedy_jaxgpt(cfg: GPTConfig, params: dict, prompt: list[int], n: int, tok:
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory) -> Path:
     """A real run: 20 steps of a 2-layer model with a SentencePiece BPE tokenizer."""
-    from test_train import tiny_config
+    from tests.helpers import tiny_config
 
     from jaxgpt.run.loop import train
 

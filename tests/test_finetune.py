@@ -14,7 +14,7 @@ from jaxgpt.config import load_config_file
 from jaxgpt.interop.hf_export import export_hf
 from jaxgpt.run.loop import train
 from jaxgpt.workdir import restore_params
-from tests.test_train import tiny_config
+from tests.helpers import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -24,7 +24,7 @@ from jaxgpt.interop.hf import hf_config, params_to_hf
 from jaxgpt.model import GPT, GPTConfig
 from jaxgpt.run.loop import train
 from jaxgpt.workdir import restore_params
-from tests.test_train import tiny_config
+from tests.helpers import tiny_config
 
 WORDS = ["<stop>", "<unk>", *"the quick brown fox jumps over a lazy dog".split()]
 # 11 words, a 13-row table: the model's vocabulary may pad past the tokenizer's.

@@ -88,7 +88,7 @@ def test_scanned_bias_free_params_export_too(tmp_path):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     from jaxgpt.run.loop import train
-    from tests.test_train import tiny_config
+    from tests.helpers import tiny_config
 
     tmp = tmp_path_factory.mktemp("onnx_run")
     corpus = tmp / "corpus.txt"

@@ -102,7 +102,7 @@ def write_jsonl(path, pairs, extra_lines=()):
 
 
 def sft_config(jsonl, **overrides):
-    from tests.test_train import tiny_config
+    from tests.helpers import tiny_config
 
     settings = {
         "data.format": "sft",

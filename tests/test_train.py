@@ -14,42 +14,10 @@ import numpy as np
 import pytest
 
 from jaxgpt import metrics as metrics_lib
-from jaxgpt.config import load_config_file, override
 from jaxgpt.run.loop import train
+from tests.helpers import losses, tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def tiny_config(corpus: Path, **overrides):
-    """A 2-layer char model on the test corpus; batch 16 splits over the 8 test devices."""
-    c = load_config_file(REPO / "configs" / "tiny.py")
-    settings = {
-        "data.sources": f"text:{corpus}",
-        "data.tokenizer.model_type": "char",
-        "data.tokenizer.vocab_size": 0,
-        "model.n_layer": 2,
-        "model.n_head": 2,
-        "model.n_embd": 32,
-        "model.block_size": 32,
-        "model.dropout": 0.1,
-        "train.steps": 20,
-        "train.batch_size": 16,
-        "train.log_every": 1,
-        "train.eval_every": 10,
-        "train.eval_tokens": 2048,
-        "train.sample_tokens": 8,
-        "opt.warmup_steps": 2,
-        "opt.lr": 3e-3,
-        "ckpt.every": 5,
-    }
-    settings.update(overrides)
-    return override(c, **settings)
-
-
-def losses(workdir: Path) -> dict[int, float]:
-    return {
-        r["step"]: r["loss"] for r in metrics_lib.read_metrics(workdir) if r.get("loss") is not None
-    }
 
 
 def test_loss_goes_down_and_outputs_are_written(small_corpus, tmp_path):

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from tests.test_train import tiny_config
+    from tests.helpers import tiny_config
 
     tmp = tmp_path_factory.mktemp("use")
     corpus = tmp / "corpus.txt"

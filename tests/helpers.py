@@ -1,0 +1,46 @@
+"""Shared helpers for the tests: a tiny run config on a test corpus, and reading losses back.
+
+Fixtures that wrap them live in conftest.py; test modules import these plain functions when they
+build configs at module level or vary them per test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_collections
+
+from jaxgpt import metrics as metrics_lib
+from jaxgpt.config import load_config_file, override
+
+
+def tiny_config(corpus: Path, **overrides) -> ml_collections.ConfigDict:
+    """A 2-layer char model on the test corpus; batch 16 splits over the 8 test devices."""
+    c = load_config_file("tiny")
+    settings = {
+        "data.sources": f"text:{corpus}",
+        "data.tokenizer.model_type": "char",
+        "data.tokenizer.vocab_size": 0,
+        "model.n_layer": 2,
+        "model.n_head": 2,
+        "model.n_embd": 32,
+        "model.block_size": 32,
+        "model.dropout": 0.1,
+        "train.steps": 20,
+        "train.batch_size": 16,
+        "train.log_every": 1,
+        "train.eval_every": 10,
+        "train.eval_tokens": 2048,
+        "train.sample_tokens": 8,
+        "opt.warmup_steps": 2,
+        "opt.lr": 3e-3,
+        "ckpt.every": 5,
+    }
+    settings.update(overrides)
+    return override(c, **settings)
+
+
+def losses(workdir: Path) -> dict[int, float]:
+    return {
+        r["step"]: r["loss"] for r in metrics_lib.read_metrics(workdir) if r.get("loss") is not None
+    }
