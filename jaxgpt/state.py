@@ -190,20 +190,7 @@ def make_trainer(
 ) -> Trainer:
     """Shardings from logical names, then jitted init/step/eval; state is never built whole."""
     dummy, abstract_params, param_shardings = _params_layout(model, mesh, rules)
-    flat = jax.tree_util.tree_leaves_with_path(abstract_params)
-    specs = {
-        jax.tree_util.keystr(p): s.spec
-        for p, s in jax.tree_util.tree_leaves_with_path(
-            param_shardings, is_leaf=lambda x: isinstance(x, NamedSharding)
-        )
-    }
-    shapes = {jax.tree_util.keystr(p): leaf.shape for p, leaf in flat}
-    opt_specs = opt_state_specs(jax.eval_shape(tx.init, abstract_params), specs, shapes)
-    state_shardings = TrainState(
-        step=sharding_lib.replicated(mesh),
-        params=param_shardings,
-        opt_state=jax.tree.map(lambda s: NamedSharding(mesh, s), opt_specs),
-    )
+    state_shardings = _state_shardings(tx, abstract_params, param_shardings, mesh)
 
     def init_fn(rng: jax.Array) -> TrainState:
         params = nn.unbox(model.init(rng, dummy)["params"])
@@ -241,6 +228,25 @@ def make_trainer(
             rules,
         ),
         eval=_eval_program(model, mesh, rules, param_shardings),
+    )
+
+
+def _state_shardings(tx, abstract_params: Any, param_shardings: Any, mesh: Mesh) -> TrainState:
+    """The train state's shardings: params by their logical names, optimizer leaves as the
+    parameters they mirror, the step counter replicated."""
+    specs = {
+        jax.tree_util.keystr(p): s.spec
+        for p, s in jax.tree_util.tree_leaves_with_path(
+            param_shardings, is_leaf=lambda x: isinstance(x, NamedSharding)
+        )
+    }
+    flat = jax.tree_util.tree_leaves_with_path(abstract_params)
+    shapes = {jax.tree_util.keystr(p): leaf.shape for p, leaf in flat}
+    opt_specs = opt_state_specs(jax.eval_shape(tx.init, abstract_params), specs, shapes)
+    return TrainState(
+        step=sharding_lib.replicated(mesh),
+        params=param_shardings,
+        opt_state=jax.tree.map(lambda s: NamedSharding(mesh, s), opt_specs),
     )
 
 

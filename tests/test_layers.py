@@ -140,3 +140,18 @@ def test_rules_catch_a_violation(tmp_path):
     imports = jaxgpt_imports(tree, "jaxgpt.sharding")
     assert ("jaxgpt.train", False) in imports and ("jaxgpt.model", True) in imports
     assert layer("jaxgpt.train") > layer("jaxgpt.sharding")
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_over_60_lines():
+    """Functions stay readable in one screen (docs/architecture.md); split the long ones."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{module_name(path)}.{node.name}: {lines} lines")
+    assert not long, "\n".join(long)

@@ -186,86 +186,111 @@ def benchmark(
             train.microbatches, the mesh and train.peak_flops are honoured.
         steps: timed steps (the median is reported).
         warmup: untimed steps run first.
-        data_dir: a prepared data dir to read real batches from through the training input
-            pipeline (built from the config's data section if missing); None = synthetic.
-        profile_dir: also run profile_steps more steps under jax.profiler, write the trace
-            there (TensorBoard / Perfetto can open it) and report the top operations.
+        data_dir: a prepared data dir (built if missing) read through the training input
+            pipeline; None = synthetic batches.
+        profile_dir: also trace profile_steps more steps there (TensorBoard / Perfetto)
+            and report the top operations.
     """
     if steps < 1 or warmup < 0:
         raise ValueError(f"--steps must be >= 1 and --warmup >= 0, got {steps}, {warmup}")
     rc = config_lib.run_config(config)
-    # As train does: no page-faulting step buffers; the CPU host split into one device per core.
     start_runtime(rc, (rc.train.micro_batch_size,))
-    data = None
-    if data_dir is not None:
-        data = prepare_dataset(rc.data, data_dir, verbose=False)
-        model_cfg = config_lib.model_config(rc.model, data.vocab_size)
-    else:
-        model_cfg = resolve_model(rc)
+    data = None if data_dir is None else prepare_dataset(rc.data, data_dir, verbose=False)
+    model_cfg = (
+        resolve_model(rc) if data is None else config_lib.model_config(rc.model, data.vocab_size)
+    )
     # The eval batch plays no part here: only the training batch must split over the mesh.
     trainer = build_trainer(rc, model_cfg, rc.train.steps, rc.train.micro_batch_size)
-    mesh = trainer.mesh
     state = trainer.init(jax.random.key(rc.train.seed))
-    n_params = count_params(state.params)
-    n_no_pos = count_params(state.params, exclude_positions=True)
     total = warmup + steps + 1  # +1: the last timed interval ends at a completion
-    if data is None:
-        batches = _batches_synthetic(model_cfg, rc.train.batch_size, trainer.batch_sharding)
-    else:
-        extra = profile_steps if profile_dir is not None else 0  # the traced steps read too
-        batches = _batches_from_data(data, rc, model_cfg, trainer, total + 1 + extra)
-    first = next(batches)
+    extra = profile_steps if profile_dir is not None else 0  # the traced steps read too
+    batches = _batches(rc, data, trainer, total + 1 + extra)
     rng = jax.random.key(rc.train.seed + 1)
-    t0 = time.perf_counter()
-    compiled = _compile(trainer, state, first, rng)
-    compile_s = time.perf_counter() - t0
-    state, _ = compiled(state, first, rng)  # the first call also pays one-time set-up
-    peak = metrics_lib.peak_flops_per_device(override=rc.train.peak_flops)
-    tokens_per_step = rc.train.batch_size * model_cfg.block_size
-    meter = StepMeter(
-        tokens_per_step, flops_per_token(model_cfg, n_no_pos), jax.device_count(), peak
-    )
+    compiled, compile_s, state = _compile_and_start(trainer, state, next(batches), rng)
+    meter = _meter(rc, trainer)
     state = _run_steps(compiled, state, batches, rng, meter, total)
     jax.block_until_ready(state)
-    times, waited = meter.step_times, meter.total_wait
-    timed = times[warmup:]
     profile = None
     if profile_dir is not None:
-        holder = {"state": state}
-
-        def one_step():
-            holder["state"], metrics = compiled(holder["state"], next(batches), rng)
-            return metrics["loss"]
-
-        profile_ops.trace_steps(one_step, profile_steps, profile_dir)
-        profile = profile_ops.top_ops(profile_dir, profile_steps, compiled.as_text(), None)
+        profile = _profile(compiled, state, batches, rng, profile_steps, profile_dir)
     return BenchResult(
+        **_setting(rc, trainer),
+        steps=steps,
+        warmup=warmup,
+        compile_s=compile_s,
+        step_s=meter.step_times[warmup:],
+        flops_per_token=meter.flops_per_token,
+        xla_flops_per_step=_xla_flops(compiled),
+        peak_flops=meter.peak_flops,
+        peak_memory_bytes=_device_peak_bytes(),
+        xla_step_bytes=_xla_step_bytes(compiled),
+        host_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        input="synthetic" if data is None else str(data_dir),
+        input_wait_frac=None
+        if data is None
+        else meter.total_wait / max(sum(meter.step_times), 1e-9),
+        profile=profile,
+    )
+
+
+def _batches(rc: config_lib.RunConfig, data, trainer: Trainer, n: int):
+    """Synthetic batches already on the devices, or n real ones through the input pipeline."""
+    model_cfg = trainer.model.config
+    if data is None:
+        return _batches_synthetic(model_cfg, rc.train.batch_size, trainer.batch_sharding)
+    return _batches_from_data(data, rc, model_cfg, trainer, n)
+
+
+def _compile_and_start(trainer: Trainer, state: Any, batch: jax.Array, rng: jax.Array):
+    """(compiled step, compile seconds, state after one step): the first call also pays
+    one-time set-up, so it is run before any timing."""
+    t0 = time.perf_counter()
+    compiled = _compile(trainer, state, batch, rng)
+    compile_s = time.perf_counter() - t0
+    state, _ = compiled(state, batch, rng)
+    return compiled, compile_s, state
+
+
+def _meter(rc: config_lib.RunConfig, trainer: Trainer) -> StepMeter:
+    """The training loop's meter for this shape."""
+    model_cfg = trainer.model.config
+    n_no_pos = count_params(trainer.state_shapes.params, exclude_positions=True)
+    peak = metrics_lib.peak_flops_per_device(override=rc.train.peak_flops)
+    tokens_per_step = rc.train.batch_size * model_cfg.block_size
+    return StepMeter(
+        tokens_per_step, flops_per_token(model_cfg, n_no_pos), jax.device_count(), peak
+    )
+
+
+def _setting(rc: config_lib.RunConfig, trainer: Trainer) -> dict[str, Any]:
+    """The BenchResult fields that say what ran where."""
+    model_cfg, params = trainer.model.config, trainer.state_shapes.params
+    return dict(
         date=datetime.date.today().isoformat(),
         device_kind=jax.devices()[0].device_kind,
         platform=jax.devices()[0].platform,
         n_devices=jax.device_count(),
         jax_version=jax.__version__,
         model=dataclasses.asdict(model_cfg),
-        mesh=dict(mesh.shape),
+        mesh=dict(trainer.mesh.shape),
         batch_size=rc.train.batch_size,
         microbatches=rc.train.microbatches,
-        tokens_per_step=tokens_per_step,
-        n_params=n_params,
-        n_params_no_pos=n_no_pos,
-        steps=steps,
-        warmup=warmup,
-        compile_s=compile_s,
-        step_s=timed,
-        flops_per_token=flops_per_token(model_cfg, n_no_pos),
-        xla_flops_per_step=_xla_flops(compiled),
-        peak_flops=peak,
-        peak_memory_bytes=_device_peak_bytes(),
-        xla_step_bytes=_xla_step_bytes(compiled),
-        host_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        input="synthetic" if data is None else str(data_dir),
-        input_wait_frac=None if data is None else waited / max(sum(times), 1e-9),
-        profile=profile,
+        tokens_per_step=rc.train.batch_size * model_cfg.block_size,
+        n_params=count_params(params),
+        n_params_no_pos=count_params(params, exclude_positions=True),
     )
+
+
+def _profile(compiled, state, batches, rng, n_steps: int, profile_dir: str | Path):
+    """Trace n_steps more steps into profile_dir; the operations by device time."""
+    holder = {"state": state}
+
+    def one_step():
+        holder["state"], metrics = compiled(holder["state"], next(batches), rng)
+        return metrics["loss"]
+
+    profile_ops.trace_steps(one_step, n_steps, profile_dir)
+    return profile_ops.top_ops(profile_dir, n_steps, compiled.as_text(), None)
 
 
 def _gb(n: int | None) -> str:
