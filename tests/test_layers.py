@@ -55,7 +55,7 @@ def jaxgpt_imports(tree: ast.AST, module: str) -> list[tuple[str, bool]]:
             elif isinstance(child, ast.ImportFrom) and child.module:
                 base = child.module
                 if child.level:  # relative import
-                    base = ".".join(module.split(".")[: -child.level] + [child.module])
+                    base = ".".join([*module.split(".")[: -child.level], child.module])
                 if base.startswith("jaxgpt"):
                     for alias in child.names:  # `from jaxgpt import x` may name a module
                         candidate = f"{base}.{alias.name}"
@@ -123,7 +123,7 @@ def test_no_import_cycles():
         state[m] = 1
         for t in sorted(edges[m]):
             if state.get(t) == 1:
-                cycle = stack[stack.index(t) :] + [t] if t in stack else [m, t]
+                cycle = [*stack[stack.index(t) :], t] if t in stack else [m, t]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if t not in state:
                 visit(t, [*stack, t])
