@@ -12,9 +12,9 @@ import pytest
 
 from jaxgpt import cpu_devices, profile_ops
 from jaxgpt import metrics as metrics_lib
-from jaxgpt.run.bench import benchmark, format_result
 from jaxgpt.config import load_config_file, override
 from jaxgpt.model import GPTConfig, flops_per_token
+from jaxgpt.run.bench import benchmark, format_result
 from jaxgpt.sharding import MeshConfig
 
 REPO = Path(__file__).resolve().parent.parent

@@ -306,9 +306,8 @@ def _greedy_jaxgpt(cfg: GPTConfig, params: dict, prompt: list[int], n: int, tok:
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory) -> Path:
     """A real run: 20 steps of a 2-layer model with a SentencePiece BPE tokenizer."""
-    from tests.helpers import tiny_config
-
     from jaxgpt.run.loop import train
+    from tests.helpers import tiny_config
 
     root = tmp_path_factory.mktemp("export_run")
     words = "the quick brown fox jumps over a lazy dog while seven wizards hex jovial kings".split()

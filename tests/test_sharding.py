@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgpt.configs import base
 from jaxgpt.config import run_config
+from jaxgpt.configs import base
 from jaxgpt.model import GPT, GPTConfig
 from jaxgpt.optimizer import OptConfig, make_optimizer, make_schedule
 from jaxgpt.sharding import MeshConfig, batch_axis_size, make_mesh, resolve_mesh_shape

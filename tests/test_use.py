@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxgpt.run.scoring import evaluate
 from jaxgpt.generate import parse_args, sample_texts
 from jaxgpt.run.loop import train
+from jaxgpt.run.scoring import evaluate
 from jaxgpt.workdir import load_run
 
 REPO = Path(__file__).resolve().parent.parent
