@@ -168,41 +168,84 @@ def activation_bytes(
     float32 gradient (and the model.dtype copy when a < 4), or with model.loss_chunk = C only
     one chunk's b·C·V/t_v of them; embedding and ln_f outputs 2·b·T·D·a.
     """
-    c = model
-    a = jnp.dtype(c.compute_dtype).itemsize
-    cast = a if a < 4 else 0
-    t_h, t_f, t_v = (
-        logical_split(mesh_shape, rules, n) for n in ("act_heads", "act_mlp", "act_vocab")
+    splits = (logical_split(mesh_shape, rules, n) for n in ("act_heads", "act_mlp", "act_vocab"))
+    t = _Terms(model, seqs, jnp.dtype(model.compute_dtype).itemsize, *splits)
+    logit_positions = (
+        min(model.loss_chunk, model.block_size) if model.loss_chunk > 0 else model.block_size
     )
-    bt = seqs * c.block_size
-    btd, btf = bt * c.n_embd, bt * 4 * c.n_embd
-    bhtt = seqs * c.n_head * c.block_size**2
+    logits = seqs * logit_positions * model.vocab_size * (8 + t.cast) // t.t_v
+    return Activations(
+        _saved_per_layer(t), _unrolled_layer(t), logits, 2 * t.btd * t.a, model.n_layer
+    )
 
-    def probs(per_element: int) -> int:
+
+@dataclasses.dataclass(frozen=True)
+class _Terms:
+    """One microbatch's sizes, in the symbols of activation_bytes' formulas."""
+
+    model: GPTConfig
+    seqs: int  # b
+    a: int  # bytes of an element of model.dtype
+    t_h: int  # tensor splits of act_heads, act_mlp and act_vocab
+    t_f: int
+    t_v: int
+
+    @property
+    def cast(self) -> int:
+        """a': the model.dtype copy of a float32 tensor, which does not exist when a = 4."""
+        return self.a if self.a < 4 else 0
+
+    @property
+    def btd(self) -> int:
+        return self.seqs * self.model.block_size * self.model.n_embd
+
+    @property
+    def btf(self) -> int:
+        return self.seqs * self.model.block_size * 4 * self.model.n_embd
+
+    @property
+    def masks(self) -> int:
+        """Dropout's three boolean masks, kept only without remat."""
+        return 3 * self.btd if self.model.dropout > 0 else 0
+
+    def probs(self, per_element: int) -> int:
+        """The attention probabilities P at per_element bytes each; flash attention keeps only
+        a float32 log-sum-exp per row."""
+        c = self.model
         if c.attention == "cudnn":
-            return seqs * c.n_head * c.block_size * 4 // t_h
-        return bhtt * per_element // t_h
+            return self.seqs * c.n_head * c.block_size * 4 // self.t_h
+        return self.seqs * c.n_head * c.block_size**2 * per_element // self.t_h
 
-    masks = 3 * btd if c.dropout > 0 else 0
-    unrolled = btd * a * 4 + btd * a * 4 // t_h + 2 * btf * a // t_f + probs(4 + cast) + masks
+
+def _unrolled_layer(t: _Terms) -> int:
+    """What an unrolled layer keeps without remat: also the working set of any layer."""
+    btd, btf, a = t.btd, t.btf, t.a
+    return btd * a * 4 + btd * a * 4 // t.t_h + 2 * btf * a // t.t_f + t.probs(4 + t.cast) + t.masks
+
+
+def _saved_per_layer(t: _Terms) -> int:
+    """What each layer keeps for the backward pass, by model.remat."""
+    c, btd, btf, a = t.model, t.btd, t.btf, t.a
     if c.remat == "none" and c.scan_layers:
-        saved = btd * (3 * a + 24) + 4 * btd * a // t_h + 6 * btf * a // t_f + probs(9 + a) + masks
-    elif c.remat == "none":
-        saved = unrolled
-    elif c.remat == "dots":
-        saved = btd * a * 3 + btd * a * 3 // t_h + btf * a // t_f
-    elif c.remat == "names":
+        return (
+            btd * (3 * a + 24)
+            + 4 * btd * a // t.t_h
+            + 6 * btf * a // t.t_f
+            + t.probs(9 + a)
+            + t.masks
+        )
+    if c.remat == "none":
+        return _unrolled_layer(t)
+    if c.remat == "dots":
+        return btd * a * 3 + btd * a * 3 // t.t_h + btf * a // t.t_f
+    if c.remat == "names":
         named = {
-            "qkv": 3 * btd * a // t_h,
-            "attn_out": btd * a // t_h,
+            "qkv": 3 * btd * a // t.t_h,
+            "attn_out": btd * a // t.t_h,
             "attn_proj": btd * a,
-            "mlp_fc": btf * a // t_f,
-            "mlp_gelu": btf * a // t_f,
+            "mlp_fc": btf * a // t.t_f,
+            "mlp_gelu": btf * a // t.t_f,
             "mlp_proj": btd * a,
         }
-        saved = btd * a + sum(named[n] for n in set(c.remat_names))
-    else:
-        saved = btd * a
-    logit_positions = min(c.loss_chunk, c.block_size) if c.loss_chunk > 0 else c.block_size
-    logits = seqs * logit_positions * c.vocab_size * (8 + cast) // t_v
-    return Activations(saved, unrolled, logits, 2 * btd * a, c.n_layer)
+        return btd * a + sum(named[n] for n in set(c.remat_names))
+    return btd * a  # full

@@ -71,9 +71,14 @@ def read_examples(
                 corrupt(e, stats, strict)
 
 
+def example_key(prompt: str, completion: str) -> bytes:
+    """The example's identity, for deduplication and for its split."""
+    return hashlib.sha1(json.dumps([prompt, completion]).encode()).digest()
+
+
 def split_of(prompt: str, completion: str, val_fraction: float) -> str:
     """val or train, by the example's hash: stable under reordering and appending."""
-    digest = hashlib.sha1(json.dumps([prompt, completion]).encode()).digest()
+    digest = example_key(prompt, completion)
     return "val" if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else "train"
 
 
@@ -168,6 +173,28 @@ def build_sft(cfg: DataConfig, tmp: Path, verbose: bool) -> dict:
     """Read, deduplicate, split, tokenize and write an SFT data dir's contents into tmp;
     returns the metadata fields that differ from a text data dir."""
     stats = sources_lib.ReadStats()
+    examples, duplicates = read_splits(cfg, stats, verbose)
+    tokenizer = make_tokenizer(cfg.tokenizer, [p + c for p, c in examples["train"]])
+    tokenizer.save(tmp / type(tokenizer).filename)
+    shard_tokens = max(int(cfg.shard_mb * 1e6) // 4, 1)  # uint32: 4 bytes a token
+    splits = {
+        split: write_split(tmp, split, items, tokenizer, shard_tokens)
+        for split, items in examples.items()
+    }
+    return {
+        "tokenizer": tokenizer,
+        "dtype": "uint32",
+        "splits": splits,
+        "read": stats,
+        "report": sft_report(stats, duplicates, splits, tokenizer),
+    }
+
+
+def read_splits(
+    cfg: DataConfig, stats: sources_lib.ReadStats, verbose: bool
+) -> tuple[dict[str, list[tuple[str, str]]], int]:
+    """Every source's (prompt, completion) examples by split, and how many exact duplicates
+    were dropped; fails unless both splits hold some."""
     seen: set[bytes] = set()
     duplicates = 0
     examples: dict[str, list[tuple[str, str]]] = {"train": [], "val": []}
@@ -176,7 +203,7 @@ def build_sft(cfg: DataConfig, tmp: Path, verbose: bool) -> dict:
         for prompt, completion in read_examples(
             source, stats, cfg.strict, cfg.prompt_field, cfg.completion_field
         ):
-            key = hashlib.sha1(json.dumps([prompt, completion]).encode()).digest()
+            key = example_key(prompt, completion)
             if cfg.dedup.exact and key in seen:
                 duplicates += 1
                 continue
@@ -191,32 +218,42 @@ def build_sft(cfg: DataConfig, tmp: Path, verbose: bool) -> dict:
             + (f", first: {stats.problems[0]}" if stats.problems else "")
             + "); SFT needs both: add records or change data.val_fraction"
         )
-    tokenizer = make_tokenizer(cfg.tokenizer, [p + c for p, c in examples["train"]])
-    tokenizer.save(tmp / type(tokenizer).filename)
-    splits = {}
-    for split, items in examples.items():
-        writer = ShardWriter(tmp, split, np.uint32, max(int(cfg.shard_mb * 1e6) // 4, 1))
-        offsets = np.zeros(len(items) + 1, np.int64)
-        completion_tokens = 0
-        for i, (prompt, completion) in enumerate(items):
-            tokens = encode_example(tokenizer, prompt, completion)
-            writer.write(tokens)
-            offsets[i + 1] = offsets[i] + len(tokens)
-            completion_tokens += int(np.sum((tokens & PROMPT_BIT) == 0))
-        np.save(tmp / f"{split}-examples.npy", offsets)
-        lengths = np.diff(offsets)
-        splits[split] = {
-            "documents": len(items),
-            "bytes": sum(len((p + c).encode()) for p, c in items),
-            "tokens": int(offsets[-1]),
-            "completion_tokens": completion_tokens,
-            "example_tokens": {
-                "median": int(np.median(lengths)),
-                "p99": int(np.percentile(lengths, 99)),
-                "max": int(lengths.max()),
-            },
-            "shards": writer.close(),
-        }
+    return examples, duplicates
+
+
+def write_split(
+    tmp: Path, split: str, items: list[tuple[str, str]], tokenizer, shard_tokens: int
+) -> dict:
+    """Encode one split's examples into token shards and `{split}-examples.npy`; returns the
+    split's metadata."""
+    writer = ShardWriter(tmp, split, np.uint32, shard_tokens)
+    offsets = np.zeros(len(items) + 1, np.int64)
+    completion_tokens = 0
+    for i, (prompt, completion) in enumerate(items):
+        tokens = encode_example(tokenizer, prompt, completion)
+        writer.write(tokens)
+        offsets[i + 1] = offsets[i] + len(tokens)
+        completion_tokens += int(np.sum((tokens & PROMPT_BIT) == 0))
+    np.save(tmp / f"{split}-examples.npy", offsets)
+    lengths = np.diff(offsets)
+    return {
+        "documents": len(items),
+        "bytes": sum(len((p + c).encode()) for p, c in items),
+        "tokens": int(offsets[-1]),
+        "completion_tokens": completion_tokens,
+        "example_tokens": {
+            "median": int(np.median(lengths)),
+            "p99": int(np.percentile(lengths, 99)),
+            "max": int(lengths.max()),
+        },
+        "shards": writer.close(),
+    }
+
+
+def sft_report(
+    stats: sources_lib.ReadStats, duplicates: int, splits: dict[str, dict], tokenizer
+) -> str:
+    """The human-readable summary printed by prepare and kept in the data dir."""
     report = [
         "── sft data report " + "─" * 42,
         f"read         {stats.documents:,} examples from {stats.files:,} files; "
@@ -234,10 +271,4 @@ def build_sft(cfg: DataConfig, tmp: Path, verbose: bool) -> dict:
             f"{t['median']}, p99 {t['p99']}, max {t['max']}"
         )
     report.append(f"tokenizer    {type(tokenizer).filename}, vocab {tokenizer.vocab_size:,}")
-    return {
-        "tokenizer": tokenizer,
-        "dtype": "uint32",
-        "splits": splits,
-        "read": stats,
-        "report": "\n".join(report),
-    }
+    return "\n".join(report)

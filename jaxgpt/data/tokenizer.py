@@ -88,52 +88,71 @@ def train_tokenizer(
     lines = list(_sentences(docs, max_bytes))
     if not lines:
         raise ValueError("no text to train the tokenizer on (all documents are empty)")
+    vocab_size = _checked_vocab_size(lines, vocab_size, model_type)
+    try:
+        model_proto = _train_sentencepiece(lines, vocab_size, model_type)
+    except RuntimeError as e:
+        if "Vocabulary size too high" in str(e) or "Vocabulary size is too high" in str(e):
+            raise _vocab_too_large(e, vocab_size, lines) from e
+        raise
+    return Tokenizer(model_proto)
+
+
+def _checked_vocab_size(lines: list[str], vocab_size: int, model_type: str) -> int:
+    """vocab_size, or for "char" with 0 the exact size; fails when it cannot hold every
+    character seen plus the special and byte pieces."""
     n_chars = len(set().union(*map(set, lines)))
     minimum = n_chars + N_SPECIAL + N_BYTE_PIECES
     if model_type == "char" and not vocab_size:
-        vocab_size = minimum
-    elif vocab_size < minimum:
+        return minimum
+    if vocab_size < minimum:
         raise ValueError(
             f"data.tokenizer.vocab_size={vocab_size} is too small: this corpus has {n_chars} "
             f"distinct characters, so at least {minimum} are needed (characters + {N_SPECIAL} "
             f"special + {N_BYTE_PIECES} byte pieces)"
         )
+    return vocab_size
+
+
+def _train_sentencepiece(lines: list[str], vocab_size: int, model_type: str) -> bytes:
+    """The serialized SentencePiece model, with the options that keep text exact."""
     writer = io.BytesIO()
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines),
-            model_writer=writer,
-            model_type=model_type,
-            vocab_size=vocab_size,
-            byte_fallback=True,
-            character_coverage=1.0 if model_type == "char" else 0.9995,
-            normalization_rule_name="identity",
-            add_dummy_prefix=False,
-            remove_extra_whitespaces=False,
-            allow_whitespace_only_pieces=True,
-            split_digits=True,
-            user_defined_symbols=["\n"],
-            unk_id=UNK_ID,
-            bos_id=BOS_ID,
-            eos_id=EOT_ID,
-            pad_id=-1,
-            max_sentence_length=16384,
-            num_threads=2,
-            hard_vocab_limit=model_type != "char",
-            minloglevel=2,
-        )
-    except RuntimeError as e:
-        if "Vocabulary size too high" in str(e) or "Vocabulary size is too high" in str(e):
-            largest = re.search(r"<= (\d+)", str(e))
-            limit = f"at most {largest.group(1)}" if largest else "fewer"
-            raise ValueError(
-                f"data.tokenizer.vocab_size={vocab_size} is too large for this corpus: {limit} "
-                f"pieces can be learned from its {sum(map(len, lines)):,} characters of "
-                f"training text. Set data.tokenizer.vocab_size to {limit.removeprefix('at most ')}"
-                " or less, or add more text."
-            ) from e
-        raise
-    return Tokenizer(writer.getvalue())
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=writer,
+        model_type=model_type,
+        vocab_size=vocab_size,
+        byte_fallback=True,
+        character_coverage=1.0 if model_type == "char" else 0.9995,
+        normalization_rule_name="identity",
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        split_digits=True,
+        user_defined_symbols=["\n"],
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOT_ID,
+        pad_id=-1,
+        max_sentence_length=16384,
+        num_threads=2,
+        hard_vocab_limit=model_type != "char",
+        minloglevel=2,
+    )
+    return writer.getvalue()
+
+
+def _vocab_too_large(e: RuntimeError, vocab_size: int, lines: list[str]) -> ValueError:
+    """SentencePiece's "vocabulary size too high" as a message that names the flag to change
+    and, when SentencePiece says it, the largest size this corpus allows."""
+    largest = re.search(r"<= (\d+)", str(e))
+    limit = f"at most {largest.group(1)}" if largest else "fewer"
+    return ValueError(
+        f"data.tokenizer.vocab_size={vocab_size} is too large for this corpus: {limit} "
+        f"pieces can be learned from its {sum(map(len, lines)):,} characters of "
+        f"training text. Set data.tokenizer.vocab_size to {limit.removeprefix('at most ')}"
+        " or less, or add more text."
+    )
 
 
 EOT_NAMES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "[SEP]")

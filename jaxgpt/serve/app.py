@@ -201,60 +201,100 @@ def tokenize_prompts(request: CompletionRequest, served: ServedModel, cap: int) 
     return prompts
 
 
-def create_app(
-    settings: Settings,
-    load: Callable[[Metrics], Backend],
-    on_load_error: Callable[[BaseException], None] | None = None,
-) -> FastAPI:
-    """The app; `load` runs in a thread at startup, and /health says ready once it returned."""
-    backend: list[Backend] = []  # filled by the loader thread
-    stopping = threading.Event()
-    metrics = Metrics(
-        {
-            "ready": ("1 once the model is loaded and compiled.", lambda: float(bool(backend))),
-            "queue_waiting_choices": (
-                "Choices waiting for a decode slot.",
-                lambda: backend[0].engine.n_waiting if backend else 0,
-            ),
-            "busy_slots": (
-                "Choices decoding now.",
-                lambda: backend[0].engine.n_busy if backend else 0,
-            ),
-        }
-    )
+class _Server:
+    """One app's shared state: the backend once the loader returned, shutdown, metrics."""
 
-    def load_in_background() -> None:
-        try:
-            backend.append(load(metrics))
-        except BaseException as e:
-            log.exception("loading the model failed")
-            if on_load_error:
-                on_load_error(e)
+    def __init__(self) -> None:
+        self.backend: Backend | None = None  # set by the loader thread
+        self.stopping = threading.Event()
+        self.metrics = Metrics(
+            {
+                "ready": (
+                    "1 once the model is loaded and compiled.",
+                    lambda: float(self.backend is not None),
+                ),
+                "queue_waiting_choices": (
+                    "Choices waiting for a decode slot.",
+                    lambda: self.backend.engine.n_waiting if self.backend else 0,
+                ),
+                "busy_slots": (
+                    "Choices decoding now.",
+                    lambda: self.backend.engine.n_busy if self.backend else 0,
+                ),
+            }
+        )
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        threading.Thread(target=load_in_background, name="jaxgpt-load", daemon=True).start()
-        yield
-        # Uvicorn runs this after in-flight requests ended (or its graceful timeout passed).
-        stopping.set()
-        if backend:
-            await asyncio.to_thread(backend[0].engine.stop, 30)
-
-    app = FastAPI(
-        title="jaxgpt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
-    )
-    app.add_middleware(Guard, api_key=settings.api_key, metrics=metrics)
-
-    def ready() -> Backend:
-        if not backend or stopping.is_set():
-            state = "shutting down" if stopping.is_set() else "loading the model"
+    def ready(self) -> Backend:
+        """The backend, or a 503 with Retry-After while loading or shutting down."""
+        if self.backend is None or self.stopping.is_set():
+            state = "shutting down" if self.stopping.is_set() else "loading the model"
             raise ApiError(
                 503,
                 f"the server is {state}; retry shortly",
                 "server_error",
                 headers={"Retry-After": "5"},
             )
-        return backend[0]
+        return self.backend
+
+    def load(
+        self,
+        load: Callable[[Metrics], Backend],
+        on_load_error: Callable[[BaseException], None] | None,
+    ) -> None:
+        """Run the loader (in its own thread); a failure is logged and reported, not raised."""
+        try:
+            self.backend = load(self.metrics)
+        except BaseException as e:
+            log.exception("loading the model failed")
+            if on_load_error:
+                on_load_error(e)
+
+
+def create_app(
+    settings: Settings,
+    load: Callable[[Metrics], Backend],
+    on_load_error: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
+    """The app; `load` runs in a thread at startup, and /health says ready once it returned."""
+    server = _Server()
+    app = FastAPI(
+        title="jaxgpt",
+        lifespan=_lifespan(server, load, on_load_error),
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.add_middleware(Guard, api_key=settings.api_key, metrics=server.metrics)
+    _add_error_handlers(app)
+    _add_status_routes(app, server)
+    _add_model_routes(app, server)
+    _add_completion_route(app, server, settings)
+    return app
+
+
+def _lifespan(
+    server: _Server,
+    load: Callable[[Metrics], Backend],
+    on_load_error: Callable[[BaseException], None] | None,
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """Start loading in the background (so /health answers at once); stop the engine at exit."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        threading.Thread(
+            target=server.load, args=(load, on_load_error), name="jaxgpt-load", daemon=True
+        ).start()
+        yield
+        # Uvicorn runs this after in-flight requests ended (or its graceful timeout passed).
+        server.stopping.set()
+        if server.backend is not None:
+            await asyncio.to_thread(server.backend.engine.stop, 30)
+
+    return lifespan
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error, ours or Starlette's (404, 405), answers in OpenAI's error shape."""
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError) -> JSONResponse:
@@ -267,62 +307,93 @@ def create_app(
             message = f"no endpoint {request.url.path}; this server has {', '.join(ENDPOINTS)}"
         return ApiError(e.status_code, message, headers=e.headers).response()
 
+
+def _add_status_routes(app: FastAPI, server: _Server) -> None:
+    """GET /health (for load balancers and probes) and GET /metrics (Prometheus)."""
+
     @app.get("/health")
     async def health() -> Response:
         try:
-            b = ready()
+            b = server.ready()
         except ApiError as e:
             return JSONResponse({"status": str(e)}, 503, headers=e.headers)
         return JSONResponse({"status": "ok", "model": b.served.name})
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(server.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    def model_card(name: str) -> dict[str, Any]:
-        return {"id": name, "object": "model", "created": 0, "owned_by": "jaxgpt"}
+
+def _model_card(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "jaxgpt"}
+
+
+def _add_model_routes(app: FastAPI, server: _Server) -> None:
+    """GET /v1/models and /v1/models/{name}: the one model this server serves."""
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_card(ready().served.name)]}
+        return {"object": "list", "data": [_model_card(server.ready().served.name)]}
 
     @app.get("/v1/models/{name}")
     async def model(name: str) -> dict[str, Any]:
-        if name != ready().served.name:
+        if name != server.ready().served.name:
             raise ApiError(404, f"model {name!r} does not exist", code="model_not_found")
-        return model_card(name)
+        return _model_card(name)
+
+
+def _add_completion_route(app: FastAPI, server: _Server, settings: Settings) -> None:
+    """POST /v1/completions."""
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        b = ready()
+        b = server.ready()
         req = parse_request(await read_body(request, settings.max_body_bytes))
-        if req.model != b.served.name:
-            raise ApiError(
-                404,
-                f"model {req.model!r} does not exist; this server serves "
-                f"{b.served.name!r} (see GET /v1/models)",
-                param="model",
-                code="model_not_found",
-            )
-        prompts = tokenize_prompts(req, b.served, settings.cap(b.served.context))
-        if len(prompts) * req.n > b.engine.max_queue:
-            raise ApiError(
-                400,
-                f"{len(prompts)} prompts × n={req.n} is more choices than this "
-                f"server queues ({b.engine.max_queue}); split the request",
-            )
-        return await _complete(b, req, prompts, metrics)
+        prompts = _admit(req, b, settings)
+        return await _complete(b, req, prompts, server.metrics)
 
-    return app
+
+def _admit(req: CompletionRequest, b: Backend, settings: Settings) -> list[list[int]]:
+    """The request's prompt token ids, once its model, prompts and size are known to fit."""
+    if req.model != b.served.name:
+        raise ApiError(
+            404,
+            f"model {req.model!r} does not exist; this server serves "
+            f"{b.served.name!r} (see GET /v1/models)",
+            param="model",
+            code="model_not_found",
+        )
+    prompts = tokenize_prompts(req, b.served, settings.cap(b.served.context))
+    # More than the whole queue can never be admitted: a 400, not a 503 that invites a retry.
+    if len(prompts) * req.n > b.engine.max_queue:
+        raise ApiError(
+            400,
+            f"{len(prompts)} prompts × n={req.n} is more choices than this "
+            f"server queues ({b.engine.max_queue}); split the request",
+        )
+    return prompts
 
 
 async def _complete(
     b: Backend, req: CompletionRequest, prompts: list[list[int]], metrics: Metrics
 ) -> Response:
     """Submit the job, then answer with the whole completion or a stream of chunks."""
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue[Event] = asyncio.Queue()
-    job = Job(
+    reply = _Reply(b, req, prompts, metrics)
+    reply.submit()
+    if not req.stream:
+        return await reply.whole()
+    return StreamingResponse(
+        reply.stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _make_job(
+    req: CompletionRequest, prompts: list[list[int]], emit: Callable[[Event], None]
+) -> Job:
+    """The engine's job for a request; without a seed, a fresh one per request."""
+    return Job(
         prompts=prompts,
         n=req.n,
         max_tokens=req.max_tokens,
@@ -333,67 +404,84 @@ async def _complete(
         seed=req.seed if req.seed is not None else secrets.randbits(31),
         logprobs=req.logprobs is not None,
         stream=req.stream,
-        emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+        emit=emit,
     )
-    start = time.perf_counter()
-    try:
-        b.engine.submit(job)
-    except QueueFullError as e:
-        hist = metrics.latency
-        wait = max(1, math.ceil(hist.sum / hist.count)) if hist.count else 1
-        raise ApiError(
-            503, str(e), "server_error", "queue_full", headers={"Retry-After": str(wait)}
-        ) from e
-    except ShuttingDownError as e:
-        raise ApiError(503, str(e), "server_error", headers={"Retry-After": "5"}) from e
-    decode = b.served.tokenizer.decode
-    out = CompletionBuilder(
-        f"cmpl-{uuid.uuid4().hex}", b.served.name, job.n_choices, req.logprobs, decode
-    )
-    prompt_tokens = sum(map(len, prompts))
-    first: list[float] = []
 
-    async def next_chunk() -> tuple[Event, dict[str, Any] | None]:
-        event = await events.get()
-        if not first:
-            first.append(time.perf_counter() - start)
-        return event, out.add(event)
 
-    def finished() -> None:
-        if not out.done:
-            b.engine.cancel(job)
-        seconds = time.perf_counter() - start
-        metrics.completion(
-            prompt_tokens, out.completion_tokens, seconds, first[0] if first else None
+class _Reply:
+    """One request's job and its events turned into the response; cancels and meters the job
+    when the response ends."""
+
+    def __init__(
+        self, b: Backend, req: CompletionRequest, prompts: list[list[int]], metrics: Metrics
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        # The engine emits from its own thread; the queue belongs to this request's event loop.
+        emit = lambda event: loop.call_soon_threadsafe(self.events.put_nowait, event)
+        self.job = _make_job(req, prompts, emit)
+        self.engine, self.metrics, self.req = b.engine, metrics, req
+        self.out = CompletionBuilder(
+            f"cmpl-{uuid.uuid4().hex}",
+            b.served.name,
+            self.job.n_choices,
+            req.logprobs,
+            b.served.tokenizer.decode,
         )
+        self.prompt_tokens = sum(map(len, prompts))
+        self.start = 0.0
+        self.first: float | None = None  # seconds from submit to the first event
 
-    if not req.stream:
+    def submit(self) -> None:
+        """Queue the job, or a 503 whose Retry-After is the mean request latency when full."""
+        self.start = time.perf_counter()
         try:
-            while not out.done:
-                event, _ = await next_chunk()
+            self.engine.submit(self.job)
+        except QueueFullError as e:
+            hist = self.metrics.latency
+            wait = max(1, math.ceil(hist.sum / hist.count)) if hist.count else 1
+            raise ApiError(
+                503, str(e), "server_error", "queue_full", headers={"Retry-After": str(wait)}
+            ) from e
+        except ShuttingDownError as e:
+            raise ApiError(503, str(e), "server_error", headers={"Retry-After": "5"}) from e
+
+    async def next_chunk(self) -> tuple[Event, dict[str, Any] | None]:
+        event = await self.events.get()
+        if self.first is None:
+            self.first = time.perf_counter() - self.start
+        return event, self.out.add(event)
+
+    def finished(self) -> None:
+        """Free the job's slots if it is still running, and record its metrics."""
+        if not self.out.done:
+            self.engine.cancel(self.job)
+        seconds = time.perf_counter() - self.start
+        self.metrics.completion(self.prompt_tokens, self.out.completion_tokens, seconds, self.first)
+
+    async def whole(self) -> JSONResponse:
+        """Wait for every choice to finish; an engine error is a 500."""
+        try:
+            while not self.out.done:
+                event, _ = await self.next_chunk()
                 if event.error:
                     raise ApiError(500, event.error, "server_error")
         finally:
-            finished()
-        return JSONResponse(out.response(prompt_tokens))
+            self.finished()
+        return JSONResponse(self.out.response(self.prompt_tokens))
 
-    async def stream() -> AsyncIterator[str]:
+    async def stream(self) -> AsyncIterator[str]:
+        """Server-sent events: one chunk per event, the usage if asked for, then [DONE]."""
         try:
-            while not out.done:
-                event, chunk = await next_chunk()
+            while not self.out.done:
+                event, chunk = await self.next_chunk()
                 if event.error:
                     yield f"data: {json.dumps(error_body(event.error, 'server_error'))}\n\n"
                     break
                 if chunk is not None:
                     yield f"data: {json.dumps(chunk)}\n\n"
-            if req.stream_options and req.stream_options.include_usage:
-                yield f"data: {json.dumps(out.usage_chunk(prompt_tokens))}\n\n"
+            if self.req.stream_options and self.req.stream_options.include_usage:
+                yield f"data: {json.dumps(self.out.usage_chunk(self.prompt_tokens))}\n\n"
             yield "data: [DONE]\n\n"
         finally:  # also when the client disconnects: free its slots
-            finished()
-
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+            self.finished()
