@@ -8,26 +8,22 @@ import dataclasses
 import hmac
 import json
 import logging
-import math
-import secrets
 import threading
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jaxgpt.serve.engine import Engine, Event, Job, QueueFullError, ShuttingDownError
+from jaxgpt.serve.completions import complete
+from jaxgpt.serve.engine import Engine
+from jaxgpt.serve.errors import ApiError
 from jaxgpt.serve.loading import ServedModel
 from jaxgpt.serve.metrics import Metrics
 from jaxgpt.serve.protocol import (
-    CompletionBuilder,
     CompletionRequest,
-    error_body,
     validation_message,
 )
 
@@ -57,27 +53,6 @@ class Backend:
 
     served: ServedModel
     engine: Engine
-
-
-class ApiError(Exception):
-    """An error response in OpenAI's shape."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        kind: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ):
-        super().__init__(message)
-        self.status, self.kind, self.code, self.param = status, kind, code, param
-        self.headers = headers
-
-    def response(self) -> JSONResponse:
-        body = error_body(str(self), self.kind, self.param, self.code)
-        return JSONResponse(body, self.status, headers=self.headers)
 
 
 class Guard:
@@ -350,7 +325,7 @@ def _add_completion_route(app: FastAPI, server: _Server, settings: Settings) -> 
         b = server.ready()
         req = parse_request(await read_body(request, settings.max_body_bytes))
         prompts = _admit(req, b, settings)
-        return await _complete(b, req, prompts, server.metrics)
+        return await complete(b.engine, b.served, req, prompts, server.metrics)
 
 
 def _admit(req: CompletionRequest, b: Backend, settings: Settings) -> list[list[int]]:
@@ -372,116 +347,3 @@ def _admit(req: CompletionRequest, b: Backend, settings: Settings) -> list[list[
             f"server queues ({b.engine.max_queue}); split the request",
         )
     return prompts
-
-
-async def _complete(
-    b: Backend, req: CompletionRequest, prompts: list[list[int]], metrics: Metrics
-) -> Response:
-    """Submit the job, then answer with the whole completion or a stream of chunks."""
-    reply = _Reply(b, req, prompts, metrics)
-    reply.submit()
-    if not req.stream:
-        return await reply.whole()
-    return StreamingResponse(
-        reply.stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-def _make_job(
-    req: CompletionRequest, prompts: list[list[int]], emit: Callable[[Event], None]
-) -> Job:
-    """The engine's job for a request; without a seed, a fresh one per request."""
-    return Job(
-        prompts=prompts,
-        n=req.n,
-        max_tokens=req.max_tokens,
-        temperature=req.temperature,
-        top_p=req.top_p,
-        top_k=req.top_k,
-        stop=req.stops,
-        seed=req.seed if req.seed is not None else secrets.randbits(31),
-        logprobs=req.logprobs is not None,
-        stream=req.stream,
-        emit=emit,
-    )
-
-
-class _Reply:
-    """One request's job and its events turned into the response; cancels and meters the job
-    when the response ends."""
-
-    def __init__(
-        self, b: Backend, req: CompletionRequest, prompts: list[list[int]], metrics: Metrics
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        self.events: asyncio.Queue[Event] = asyncio.Queue()
-        # The engine emits from its own thread; the queue belongs to this request's event loop.
-        emit = lambda event: loop.call_soon_threadsafe(self.events.put_nowait, event)
-        self.job = _make_job(req, prompts, emit)
-        self.engine, self.metrics, self.req = b.engine, metrics, req
-        self.out = CompletionBuilder(
-            f"cmpl-{uuid.uuid4().hex}",
-            b.served.name,
-            self.job.n_choices,
-            req.logprobs,
-            b.served.tokenizer.decode,
-        )
-        self.prompt_tokens = sum(map(len, prompts))
-        self.start = 0.0
-        self.first: float | None = None  # seconds from submit to the first event
-
-    def submit(self) -> None:
-        """Queue the job, or a 503 whose Retry-After is the mean request latency when full."""
-        self.start = time.perf_counter()
-        try:
-            self.engine.submit(self.job)
-        except QueueFullError as e:
-            hist = self.metrics.latency
-            wait = max(1, math.ceil(hist.sum / hist.count)) if hist.count else 1
-            raise ApiError(
-                503, str(e), "server_error", "queue_full", headers={"Retry-After": str(wait)}
-            ) from e
-        except ShuttingDownError as e:
-            raise ApiError(503, str(e), "server_error", headers={"Retry-After": "5"}) from e
-
-    async def next_chunk(self) -> tuple[Event, dict[str, Any] | None]:
-        event = await self.events.get()
-        if self.first is None:
-            self.first = time.perf_counter() - self.start
-        return event, self.out.add(event)
-
-    def finished(self) -> None:
-        """Free the job's slots if it is still running, and record its metrics."""
-        if not self.out.done:
-            self.engine.cancel(self.job)
-        seconds = time.perf_counter() - self.start
-        self.metrics.completion(self.prompt_tokens, self.out.completion_tokens, seconds, self.first)
-
-    async def whole(self) -> JSONResponse:
-        """Wait for every choice to finish; an engine error is a 500."""
-        try:
-            while not self.out.done:
-                event, _ = await self.next_chunk()
-                if event.error:
-                    raise ApiError(500, event.error, "server_error")
-        finally:
-            self.finished()
-        return JSONResponse(self.out.response(self.prompt_tokens))
-
-    async def stream(self) -> AsyncIterator[str]:
-        """Server-sent events: one chunk per event, the usage if asked for, then [DONE]."""
-        try:
-            while not self.out.done:
-                event, chunk = await self.next_chunk()
-                if event.error:
-                    yield f"data: {json.dumps(error_body(event.error, 'server_error'))}\n\n"
-                    break
-                if chunk is not None:
-                    yield f"data: {json.dumps(chunk)}\n\n"
-            if self.req.stream_options and self.req.stream_options.include_usage:
-                yield f"data: {json.dumps(self.out.usage_chunk(self.prompt_tokens))}\n\n"
-            yield "data: [DONE]\n\n"
-        finally:  # also when the client disconnects: free its slots
-            self.finished()
