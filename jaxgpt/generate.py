@@ -16,6 +16,8 @@ import jax
 
 from jaxgpt import config as config_lib
 from jaxgpt import host_memory
+from jaxgpt.decode.generate import generate_batch
+from jaxgpt.workdir import load_run
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,8 +62,6 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 def sample_texts(run, prompts: list[str], args: argparse.Namespace) -> list[str]:
     """Continuations (text) for each prompt × num_samples, in order."""
-    from jaxgpt.decode.generate import generate_batch
-
     tok = run.tokenizer
     ids = [tok.encode(p) or [tok.eot_id] for p in prompts for _ in range(args.num_samples)]
     out = generate_batch(
@@ -80,8 +80,6 @@ def sample_texts(run, prompts: list[str], args: argparse.Namespace) -> list[str]
 
 
 def main(argv: list[str] | None = None) -> None:
-    from jaxgpt.workdir import load_run
-
     args = parse_args(argv)
     host_memory.keep_freed_memory()
     if args.max_tokens < 1 or args.num_samples < 1:

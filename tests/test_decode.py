@@ -74,6 +74,24 @@ def test_padded_rows_match_decoding_alone(model_params):
             np.testing.assert_allclose(batched[i], alone, atol=1e-5)
 
 
+def test_chunks_written_at_each_rows_own_length_match_full_forward(model_params):
+    """After a prefill, rows of different lengths take 3 tokens at once each at its own place
+    (the per-row write of more than one token)."""
+    model, params = model_params
+    rows = [tokens(12, 4), tokens(9, 5)]
+    apply = jax.jit(lambda p, t, c: model.apply({"params": p}, t, caches=c))
+    buf = np.zeros((2, 9), np.int32)
+    buf[0], buf[1] = rows[0][:9], rows[1][:9]
+    _, caches = apply(params, buf, init_cache(model.config, 2))
+    caches = set_lengths(caches, [9, 6])
+    chunk = np.array([rows[0][9:12], rows[1][6:9]], np.int32)
+    logits, caches = apply(params, chunk, caches)
+    np.testing.assert_array_equal(caches[0].length_B, [12, 9])
+    for i, (row, start) in enumerate(zip(rows, (9, 6), strict=True)):
+        alone = np.asarray(model.apply({"params": params}, jnp.asarray([row])))[0]
+        np.testing.assert_allclose(np.asarray(logits)[i], alone[start : start + 3], atol=1e-5)
+
+
 def test_greedy_equals_argmax_rollout_with_full_forwards(model_params):
     model, params = model_params
     prompts = [tokens(6, 4), tokens(3, 5)]

@@ -18,8 +18,8 @@ import httpx
 import openai
 import pytest
 
-from jaxgpt.serve.text import TextStream
 from jaxgpt.run.loop import train
+from jaxgpt.serve.text import TextStream
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "test-key-0123456789"

@@ -132,7 +132,6 @@ def generate_batch(
     in its batch (within the context, and for prompts of equal length, it never does).
     """
     params, model = unscan_params(params, model)
-    params = jax.device_put(params)  # once, not at every segment (no-op for device arrays)
     T = model.config.block_size
     _check_prompts(prompts, T)
     if n_new < 1:

@@ -151,7 +151,7 @@ class Decoder:
     def _empty(self, batch: int) -> Slots:
         c = self.config
         return Slots(
-            caches=init_cache(c, batch),
+            caches=init_cache(c, batch, fresh=False),  # rows join one by one
             token_B=jnp.zeros((batch,), jnp.int32),
             t_B=jnp.zeros((batch,), jnp.int32),
             key_B2=jnp.zeros((batch, 2), jnp.uint32),
