@@ -110,6 +110,7 @@ def test_bench_on_real_data_reports_input_share(small_corpus, tmp_path):
     assert "waiting for input" in format_result(r)
 
 
+@pytest.mark.e2e
 def test_cli_prints_report_and_json():
     args = [f"--config.{k}={v}" for k, v in TINY.items()] + ["--steps", "2", "--warmup", "0"]
     out = subprocess.run(

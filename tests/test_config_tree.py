@@ -236,6 +236,7 @@ def test_old_style_import_says_what_to_write(tmp_path):
     assert load_config_file(path).model.n_layer == 12
 
 
+@pytest.mark.e2e
 def test_command_line_takes_a_preset_name_and_refuses_old_imports(tmp_path):
     """From a directory with no configs/ beside it; plan shares train's flag parser."""
     run = [sys.executable, "-m", "jaxgpt.plan", "--devices", "1", "--device_memory_gb", "80"]

@@ -127,6 +127,7 @@ def run_train_cli(*args: str, tmp_path: Path) -> tuple[subprocess.CompletedProce
     return proc, time.monotonic() - start
 
 
+@pytest.mark.e2e
 def test_cli_typo_fails_fast_with_the_key(tmp_path):
     """--config.opt.lrr=… exits non-zero before any work, naming 'lrr', without a traceback."""
     proc, seconds = run_train_cli(
@@ -139,6 +140,7 @@ def test_cli_typo_fails_fast_with_the_key(tmp_path):
     assert not (tmp_path / "run" / "data").exists()  # no data was prepared
 
 
+@pytest.mark.e2e
 def test_cli_typo_message_is_readable(tmp_path):
     """The typo message is plain text, not a repr with escaped quotes and newlines."""
     proc, _ = run_train_cli(
@@ -148,6 +150,7 @@ def test_cli_typo_message_is_readable(tmp_path):
     assert "\\n" not in proc.stderr and "\\'" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.e2e
 def test_cli_missing_config_file(tmp_path):
     """A missing --config file gives a short error naming the file, not a traceback."""
     proc, _ = run_train_cli("--config", "configs/does_not_exist.py", tmp_path=tmp_path)

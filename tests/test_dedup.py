@@ -140,6 +140,7 @@ def test_documents_shorter_than_a_shingle():
     assert stats.near_duplicates == 2
 
 
+@pytest.mark.e2e
 def test_deterministic_across_runs_and_hash_seeds(shakespeare):
     rng = np.random.default_rng(5)
     originals = [_random_doc(rng, 120) for _ in range(30)]

@@ -55,6 +55,7 @@ print(json.dumps({"applied": applied, "faults_per_step": faults}))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
+@pytest.mark.e2e
 def test_keep_freed_memory_stops_page_faults_per_step():
     kept = _run(PAGE_FAULTS)
     default = _run(PAGE_FAULTS, {"JAXGPT_KEEP_HOST_MEMORY": "0"})
@@ -81,6 +82,7 @@ def test_auto_count(mesh, batches, cores, expected):
     assert cpu_devices.auto_count(mesh, batches, cores) == expected
 
 
+@pytest.mark.e2e
 def test_configure_splits_a_fresh_cpu_backend():
     code = """
     import json

@@ -20,6 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH = REPO / "launch"
 SCRIPTS = [LAUNCH / "local.sh", LAUNCH / "tpu_pod.sh", LAUNCH / "slurm_gpu.sbatch"]
+pytestmark = pytest.mark.e2e  # starts processes (the scripts, under stub commands)
 
 # Settings the scripts read from the environment; cleared so the caller's shell can't leak in.
 SETTINGS = (

@@ -19,7 +19,7 @@ import pytest
 from jaxgpt import metrics as metrics_lib
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # starts processes
 
 
 def free_port() -> int:

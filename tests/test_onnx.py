@@ -146,6 +146,7 @@ def test_clear_errors(run_dir, tmp_path, monkeypatch):
         main(["--workdir", str(run_dir), "--out", str(tmp_path / "d"), "--format", "onnx"])
 
 
+@pytest.mark.e2e
 def test_torch_and_onnx_load_only_for_the_onnx_format():
     heavy = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript")
     code = (

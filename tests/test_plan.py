@@ -233,6 +233,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.e2e
 def test_cli_xl_on_64_h100():
     """The documented command prints the breakdown, a fits line and the time estimate."""
     out = run_cli(
@@ -244,6 +245,7 @@ def test_cli_xl_on_64_h100():
     assert "fits: yes" in out.stdout and "step time = " in out.stdout
 
 
+@pytest.mark.e2e
 def test_cli_unknown_config_key_fails_naming_it():
     out = run_cli(
         "--config", "configs/xl.py", "--devices", "64", "--device_memory_gb", "95",

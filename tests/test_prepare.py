@@ -176,6 +176,7 @@ def test_tf_data_batches_equal_the_pure_function(many_docs, tmp_path):
         np.testing.assert_array_equal(batch, batches.local_batch(step))
 
 
+@pytest.mark.e2e
 def test_prepare_cli(docs_dir, tmp_path):
     """python -m jaxgpt.prepare builds the data dir; a second run reuses it."""
     out = tmp_path / "cli-data"

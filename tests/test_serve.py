@@ -21,6 +21,8 @@ import pytest
 from jaxgpt.run.loop import train
 from jaxgpt.serve.text import TextStream
 
+pytestmark = pytest.mark.e2e  # starts processes or servers (see pyproject.toml markers)
+
 REPO = Path(__file__).resolve().parent.parent
 KEY = "test-key-0123456789"
 

@@ -166,6 +166,7 @@ def _cli_args(corpus: Path, workdir: Path, steps: int) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_sigterm_saves_a_checkpoint_and_resume_continues(small_corpus, tmp_path):
     """SIGTERM mid-run checkpoints the current step and exits; rerunning resumes from it."""
     workdir = tmp_path / "run"

@@ -45,6 +45,7 @@ def test_load_run(run_dir):
     assert run.tokenizer.decode(run.tokenizer.encode("the cat")) == "the cat"
 
 
+@pytest.mark.e2e
 def test_generate_command_matches_library_and_seed(run_dir):
     args = ["--workdir", str(run_dir), "--prompt", "line 3:", "--max_tokens", "12", "--seed", "5"]
     out = cli("jaxgpt.generate", *args)
@@ -55,6 +56,7 @@ def test_generate_command_matches_library_and_seed(run_dir):
     assert again.stdout == out.stdout  # same seed, same text
 
 
+@pytest.mark.e2e
 def test_generate_prompts_from_stdin_and_batches(run_dir):
     run = load_run(run_dir)
     args = parse_args(["--workdir", str(run_dir), "--max_tokens", "8", "--temperature", "0",
@@ -67,6 +69,7 @@ def test_generate_prompts_from_stdin_and_batches(run_dir):
     assert "line 1:" + texts[0] in out.stdout and "the cat sat on" + texts[2] in out.stdout
 
 
+@pytest.mark.e2e
 def test_generate_errors_are_clear(run_dir, tmp_path):
     too_long = cli("jaxgpt.generate", "--workdir", str(run_dir), "--prompt", "x" * 40)
     assert too_long.returncode != 0 and "exceeds the model's context" in too_long.stderr
@@ -86,6 +89,7 @@ def test_evaluate_own_validation_split(run_dir):
     assert run.gpt_config.vocab_size >= run.tokenizer.vocab_size
 
 
+@pytest.mark.e2e
 def test_evaluate_other_text_and_command(run_dir, tmp_path):
     seen = tmp_path / "seen.txt"
     seen.write_text("".join(f"line {i % 13}: the cat sat on the mat.\n" for i in range(200)))
