@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -25,12 +24,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+# `python -m` would put the working directory first on sys.path; this puts the tree first.
+_LAUNCH = (
+    "import runpy, sys; tree, module = sys.argv.pop(1), sys.argv.pop(1); "
+    "sys.path.insert(0, tree); sys.argv[0] = module; "
+    "runpy.run_module(module, run_name='__main__', alter_sys=True)"
+)
+
+
 def _run(args: list[str], tree: Path) -> str:
     """`python -m ARGS` on that tree's code, from this checkout (relative data paths resolve
     as they do for a user here)."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
     proc = subprocess.run(
-        [sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True
+        [sys.executable, "-c", _LAUNCH, str(tree), *args], cwd=REPO, capture_output=True, text=True
     )
     if proc.returncode:
         raise SystemExit(f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
