@@ -92,6 +92,7 @@ def test_bench_without_known_peak_reports_no_mfu():
     assert r.model["loss_chunk"] == 4 and r.model["remat"] == "full"
 
 
+@pytest.mark.slow
 def test_bench_on_real_data_reports_input_share(small_corpus, tmp_path):
     """--data runs the training input pipeline and measures the time spent waiting for it."""
     config = tiny_config(

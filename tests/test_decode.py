@@ -62,6 +62,7 @@ def test_cached_logits_equal_full_forward_at_every_position(model_params):
         np.testing.assert_allclose(got, full[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_padded_rows_match_decoding_alone(model_params):
     """Prompts of different lengths in one batch: each row's logits equal its own forward,
     also when shorter rows are padded in the prefill (their stale tails are never read)."""

@@ -36,6 +36,8 @@ from jaxgpt.interop.hf_tokenizer import write_hf_tokenizer  # noqa: E402
 from jaxgpt.model import GPT, GPTConfig  # noqa: E402
 from jaxgpt.workdir import restore_params, workdir_config  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains or exports real runs; not in the fast subset
+
 CFG = GPTConfig(vocab_size=101, block_size=32, n_layer=2, n_head=4, n_embd=32)
 TOL = 1e-4
 

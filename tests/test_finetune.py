@@ -16,6 +16,8 @@ from jaxgpt.run.loop import train
 from jaxgpt.workdir import restore_params
 from tests.helpers import tiny_config
 
+pytestmark = pytest.mark.slow  # trains or exports real runs; not in the fast subset
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -26,6 +26,8 @@ from jaxgpt.run.loop import train
 from jaxgpt.workdir import restore_params
 from tests.helpers import tiny_config
 
+pytestmark = pytest.mark.slow  # trains or exports real runs; not in the fast subset
+
 WORDS = ["<stop>", "<unk>", *"the quick brown fox jumps over a lazy dog".split()]
 # 11 words, a 13-row table: the model's vocabulary may pad past the tokenizer's.
 HF_CFG = GPTConfig(vocab_size=13, block_size=16, n_layer=2, n_head=2, n_embd=16)

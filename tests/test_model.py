@@ -158,6 +158,7 @@ def _grads(cfg: GPTConfig, params, tokens):
     ],
     ids=lambda v: ",".join(f"{k}={val}" for k, val in v.items()),
 )
+@pytest.mark.slow
 def test_scan_and_remat_match_plain_model(variant):
     """Scanned and rematerialized models compute the plain model's logits and gradients."""
     params, tokens, expected, g_plain = _plain_reference()

@@ -30,6 +30,8 @@ from jaxgpt.interop.onnx import onnx_logits, to_onnx  # noqa: E402
 from jaxgpt.model import GPT, GPTConfig  # noqa: E402
 from jaxgpt.workdir import load_run  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains or exports real runs; not in the fast subset
+
 REPO = Path(__file__).resolve().parent.parent
 CFG = GPTConfig(vocab_size=101, block_size=32, n_layer=2, n_head=4, n_embd=32)
 TOL = 1e-4

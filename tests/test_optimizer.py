@@ -167,6 +167,7 @@ def step_with_zero_grads(name: str, weight_decay: float = 0.1):
     return params, flat(optax.apply_updates(params, updates))
 
 
+@pytest.mark.slow
 def test_adamw_decays_only_kernels():
     """With zero gradients adamw shrinks kernels by lr·wd and leaves the rest unchanged."""
     _, new = step_with_zero_grads("adamw")

@@ -41,6 +41,7 @@ def test_split_targets_decodes_the_sign():
     np.testing.assert_array_equal(weights, mask[:, 1:].astype(np.float32))
 
 
+@pytest.mark.slow
 def test_masked_targets_get_zero_loss_and_zero_gradient():
     model, params, tokens, mask = setup()
     batch = masked(tokens, mask)
@@ -161,6 +162,7 @@ def test_sft_rejects_non_jsonl_sources(small_corpus, tmp_path):
         prepare_dataset(rc.data, tmp_path / "data", verbose=False)
 
 
+@pytest.mark.slow
 def test_sft_run_learns_a_planted_mapping(tmp_path):
     """Trained only on completions, the model completes the training prompts from memory."""
     from jaxgpt.decode.generate import generate_batch

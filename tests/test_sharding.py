@@ -47,6 +47,7 @@ def single_device():
     return run_steps(MeshConfig(1, 1, 1, RULES), jax.devices()[:1])
 
 
+@pytest.mark.slow
 def test_2x2x2_mesh_matches_single_device(single_device):
     """data×fsdp×tensor = 2×2×2: same losses, grad norms and parameters to 1e-5 (float32)."""
     ref_hist, ref_params, _ = single_device
@@ -63,6 +64,7 @@ def test_2x2x2_mesh_matches_single_device(single_device):
     assert mu.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
 
 
+@pytest.mark.slow
 def test_fsdp_only_mesh_matches_single_device(single_device):
     ref_hist, ref_params, _ = single_device
     hist, params, _ = run_steps(MeshConfig(1, 8, 1, RULES), jax.devices())
@@ -70,6 +72,7 @@ def test_fsdp_only_mesh_matches_single_device(single_device):
     assert max_abs_diff(ref_params, params) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("microbatches", [2, 4])
 def test_gradient_accumulation_matches_one_big_batch(single_device, microbatches):
     """k microbatches of B/k give the same step as one batch of B (on a data=2 mesh)."""
@@ -80,6 +83,7 @@ def test_gradient_accumulation_matches_one_big_batch(single_device, microbatches
     assert max_abs_diff(ref_params, params) < 1e-5
 
 
+@pytest.mark.slow
 def test_scanned_layers_shard_and_train():
     """scan_layers stacks blocks on a leading 'layers' axis that the rules leave unsharded."""
     cfg = GPTConfig(vocab_size=96, block_size=16, n_layer=2, n_head=4, n_embd=32, scan_layers=True)

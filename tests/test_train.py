@@ -17,6 +17,8 @@ from jaxgpt import metrics as metrics_lib
 from jaxgpt.run.loop import train
 from tests.helpers import losses, tiny_config
 
+pytestmark = pytest.mark.slow  # trains or exports real runs; not in the fast subset
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -16,6 +16,8 @@ from jaxgpt.run.loop import train
 from jaxgpt.run.scoring import evaluate
 from jaxgpt.workdir import load_run
 
+pytestmark = pytest.mark.slow  # trains or exports real runs; not in the fast subset
+
 REPO = Path(__file__).resolve().parent.parent
 
 
