@@ -27,8 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jaxgpt.data.clean import CleanConfig, CleanStats, clean_documents
 from jaxgpt.data.dedup import SCHEME, DedupConfig, Deduplicator, DedupStats, deduplicate
-
-SHAKESPEARE = Path(__file__).resolve().parent.parent.parent / "shared/data/tinyshakespeare.txt"
+from jaxgpt.data.sources import SHAKESPEARE  # the corpus shipped with jaxgpt
 
 
 def _shingle_bytes(words: list[str], k: int) -> list[bytes]:
