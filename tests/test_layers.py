@@ -155,3 +155,24 @@ def test_no_function_over_60_lines():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{module_name(path)}.{node.name}: {lines} lines")
     assert not long, "\n".join(long)
+
+
+# Modules that may see the ConfigDict (docs/architecture.md): everything else takes dataclasses.
+CONFIGDICT_ALLOWED = ("jaxgpt.config", "jaxgpt.run", "jaxgpt.init_from")
+
+
+def test_the_configdict_stops_at_the_config_and_run_layers():
+    seen = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = module_name(path)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            imported = []
+            if isinstance(node, ast.Import):
+                imported = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported = [node.module]
+            if any(m.split(".")[0] == "ml_collections" for m in imported):
+                seen.append(name)
+    assert seen, "the check found no ml_collections import at all"
+    stray = [m for m in seen if not m.startswith(CONFIGDICT_ALLOWED)]
+    assert not stray, f"{stray} import ml_collections: take the typed dataclasses instead"

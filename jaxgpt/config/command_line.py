@@ -50,7 +50,10 @@ def parse_args(
     args.config is the loaded, overridden, locked ConfigDict. Errors exit with the reason and
     the usage line, never a traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    overrides, rest = split_overrides(argv)
+    try:
+        overrides, rest = split_overrides(argv)
+    except ConfigValueError as e:
+        parser.exit(1, f"error: {e}\n{parser.format_usage()}")
     takes_config = any("--config" in a.option_strings for a in parser._actions)
     if overrides and not takes_config:
         parser.error(f"unrecognized arguments: {' '.join('--config.' + k for k, _ in overrides)}")
@@ -76,7 +79,7 @@ def split_overrides(argv: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
             key, sep, text = arg[len("--config.") :].partition("=")
             if not sep:
                 if i + 1 >= len(argv):
-                    raise SystemExit(f"error: --config.{key} needs a value")
+                    raise ConfigValueError(f"--config.{key} needs a value")
                 text, i = argv[i + 1], i + 1
             overrides.append((key, text))
         else:

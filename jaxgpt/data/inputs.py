@@ -21,7 +21,8 @@ WIKI_ENDINGS = (".xml", ".xml.bz2", ".xml.gz")
 WET_ENDINGS = (".warc.wet.gz", ".warc.wet", ".wet.gz", ".wet")
 # What a folder given to each file kind contributes (an explicit file or glob is always taken).
 FILE_ENDINGS = {"jsonl": JSONL_ENDINGS, "wiki": WIKI_ENDINGS, "wet": WET_ENDINGS}
-NOT_FILES = ("stdlib", "shakespeare", "tfds")  # kinds whose spec names no file on disk
+BUILT_IN = ("stdlib", "shakespeare")  # kinds that are a corpus themselves, given without a path
+NOT_FILES = (*BUILT_IN, "tfds")  # kinds whose spec names no file on disk
 MAX_PROBLEMS = 20
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from jaxgpt.data import readers
 from jaxgpt.data.inputs import (  # noqa: F401  (re-exported: sources.Source, sources.ReadStats)
+    BUILT_IN,
     MAX_PROBLEMS,
     ReadStats,
     Source,
@@ -28,7 +29,6 @@ from jaxgpt.data.inputs import (  # noqa: F401  (re-exported: sources.Source, so
     source_files,
 )
 
-BUILT_IN = ("stdlib", "shakespeare")  # kinds that are a corpus themselves, given without a path
 # tinyshakespeare.txt (1,115,394 bytes, public domain): the classic small char-level corpus.
 SHAKESPEARE = resources.files("jaxgpt.data") / "corpora" / "tinyshakespeare.txt"
 

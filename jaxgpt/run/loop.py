@@ -120,7 +120,7 @@ def _plan_start(run: TrainingRun, evals: TrainingEval, say) -> tuple[int, tuple]
         end = run.start
         say(f"this run stopped early at step {run.start}: evaluating only")
     elif run.start >= run.steps:
-        say(f"already trained to step {run.start} (train.steps={run.steps}): evaluating only")
+        say(f"already trained to step {run.start} of {run.steps}: evaluating only")
     if run.start >= end:
         result = evals.loss(run.state.params)
     return end, result
