@@ -4,8 +4,8 @@
 
 prepare: a synthetic corpus of about --mb megabytes (distinct documents of words drawn from
 tinyshakespeare, with planted exact and near duplicates) goes through read → clean → dedup →
-tokenizer → encode → shards, timed end to end. pipeline: tf.data batches of --batch × (--seq + 1)
-tokens from the resulting shards, timed after warm-up.
+tokenizer → encode → shards, timed end to end. pipeline: the training input's batches of
+--batch × (--seq + 1) tokens from the resulting shards, timed after warm-up.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jaxgpt.config.data import DataConfig, TokenizerConfig
 from jaxgpt.data.build import build_dataset
-from jaxgpt.data.pipeline import TrainBatches, tf_batches
+from jaxgpt.data.pipeline import TrainBatches, device_batches
 from jaxgpt.data.sources import SHAKESPEARE
 
 
@@ -81,7 +81,7 @@ def main() -> None:
         print(f"prepare: {size / 1e6:.1f} MB in {seconds:.1f} s = {size / 1e6 / seconds:.2f} MB/s")
 
         batches = TrainBatches(info.tokens("train"), args.batch, args.seq, seed=0)
-        it = tf_batches(batches, 0, args.steps + 20)
+        it = device_batches(batches, 0, args.steps + 20, lambda b: b)
         for _ in range(20):
             next(it)
         t0 = time.perf_counter()

@@ -113,6 +113,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.sample_prompt = ""  # prompt of that sample ("" = start from end-of-text)
     c.train.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = look up by device kind
     c.train.early_stop_patience = 0  # stop after this many evals without a new best; 0 = off
+    # A step whose loss or gradient norm is NaN or infinite is never applied (the state keeps its
+    # last good values). "stop": end the run there, exit 1, no checkpoint past the last good one.
+    # "skip": go on (step counter and batch order advance) until train.max_skipped in a row.
+    c.train.on_nonfinite = "stop"
+    c.train.max_skipped = 10  # "skip": consecutive skipped steps that end the run
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # data-parallel axis size (-1 = all devices left over)

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
         "--steps", type=int, default=20, help="timed steps (the median is reported)"
     )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after the first")
-    parser.add_argument("--data", help="prepared data dir: real batches via tf.data")
+    parser.add_argument("--data", help="prepared data dir: batches via the training input")
     parser.add_argument("--profile", help="also trace 5 steps into this dir; print top ops")
     args = config_lib.parse_args(parser, argv)
     try:

@@ -1,17 +1,63 @@
 """Orbax checkpoints of the train state: periodic async saves, keep-N, resume, shape checks.
 
 Orbax writes each checkpoint to a temporary directory and renames it when complete, so a crash or
-kill mid-save leaves the previous checkpoints intact and the partial one is never restored.
+kill mid-save leaves the previous checkpoints intact and the partial one is never restored. A
+checkpoint that is complete but cannot be read (a bad disk, an interrupted copy) is named, moved
+aside to WORKDIR/checkpoints.unreadable, and the next older one is restored instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxgpt.state import COUNTERS, TrainState
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint is readable but was written for another model config."""
+
+
+class UnreadableCheckpointsError(RuntimeError):
+    """No checkpoint of a directory that has some can be read."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint failed (a full disk, a storage error); the committed ones are intact."""
+
+
+def one_line(error: BaseException, limit: int = 240) -> str:
+    """An exception in one line (TensorStore's messages run to many)."""
+    first = next((line for line in str(error).splitlines() if line.strip()), "")
+    text = f"{type(error).__name__}: {first.strip()}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def move_aside(step_dir: Path) -> Path:
+    """Move an unreadable step directory to a sibling DIR.unreadable/STEP (never deleted)."""
+    aside_root = step_dir.parent.with_name(step_dir.parent.name + ".unreadable")
+    aside_root.mkdir(parents=True, exist_ok=True)
+    target, n = aside_root / step_dir.name, 1
+    while target.exists():
+        target, n = aside_root / f"{step_dir.name}.{n}", n + 1
+    shutil.move(str(step_dir), str(target))
+    return target
+
+
+def none_readable_message(directory: Path, problems: list[tuple[int, str]]) -> str:
+    listed = "\n".join(f"  step {step}: {why}" for step, why in problems)
+    return (
+        f"none of the {len(problems)} checkpoint(s) in {directory} can be read:\n{listed}\n"
+        "Restore the directory from a copy, or move it away to start this run over."
+    )
 
 
 def _path_name(path: tuple) -> str:
@@ -52,25 +98,94 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, force: bool = False) -> bool:
-        """Save if step is on the interval (or force); returns whether a save started."""
+    def due(self, step: int, force: bool = False) -> bool:
+        """Whether save(step, force=force) would write a checkpoint."""
         # The interval is checked here: Orbax's own save_interval_steps also saves whenever no
         # checkpoint exists yet, i.e. at the first step of every run.
-        if not force and step % self.every:
+        return force or step % self.every == 0
+
+    def save(self, step: int, state: Any, force: bool = False) -> bool:
+        """Save if step is on the interval (or force); returns whether a save started."""
+        if not self.due(step, force):
             return False
-        return self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        with self._write_errors():  # also raises a failure of the previous, background save
+            return self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+    @contextlib.contextmanager
+    def _write_errors(self):
+        """Any failed write becomes one CheckpointWriteError that says what is safe and what
+        to do. Orbax writes into a temporary directory first, so the committed checkpoints are
+        untouched; the partial one is never restored."""
+        try:
+            yield
+        except Exception as e:
+            committed = sorted(
+                int(p.name) for p in self.directory.iterdir() if p.is_dir() and p.name.isdigit()
+            )
+            resume = f"resume from step {committed[-1]}" if committed else "start over"
+            why = one_line(e)
+            if "No space left on device" in str(e) or "os_error_code='28'" in str(e):
+                why = f"No space left on device ({why})"
+            raise CheckpointWriteError(
+                f"writing a checkpoint in {self.directory} failed: {why}\n"
+                f"The committed checkpoints (steps {committed or 'none'}) are intact. Free space "
+                f"or fix the storage, then rerun the same command to {resume}."
+            ) from e
 
     def restore(self, abstract_state: Any, step: int | None = None) -> Any:
         """Restore into the shapes/shardings of abstract_state (ShapeDtypeStructs)."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        self._check_shapes(step, abstract_state)
-        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-
-    def _check_shapes(self, step: int, abstract_state: Any) -> None:
         stored = self.manager.item_metadata(step)
         stored_tree = getattr(stored, "tree", stored)
+        if not isinstance(abstract_state, TrainState) or all(k in stored_tree for k in COUNTERS):
+            self._check_shapes(step, stored_tree, abstract_state)
+            return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        # Written before the skip counters existed: restore the rest, start the counters at 0.
+        target = {k: getattr(abstract_state, k) for k in ("step", "params", "opt_state")}
+        self._check_shapes(step, stored_tree, target)
+        restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
+        zeros = {
+            k: jax.device_put(np.zeros((), np.int32), getattr(abstract_state, k).sharding)
+            for k in COUNTERS
+        }
+        return TrainState(**restored, **zeros)
+
+    def restore_latest(
+        self, abstract_state: Any, say: Callable[[str], None] = print
+    ) -> tuple[Any, int] | None:
+        """(state, step) of the newest checkpoint that can be read; None when there is none.
+
+        Unreadable ones are named and, once an older one is restored, moved aside; when none
+        can be read this raises UnreadableCheckpointsError (nothing is moved). A checkpoint of
+        another model config raises CheckpointMismatchError: that is not a damaged file."""
+        problems: list[tuple[int, str]] = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state = self.restore(abstract_state, step)
+            except CheckpointMismatchError:
+                raise
+            except Exception as e:  # TensorStore, JSON, missing files: all mean unreadable
+                problems.append((step, one_line(e)))
+                say(f"checkpoint {self.directory / str(step)} cannot be read: {problems[-1][1]}")
+                continue
+            self._set_aside([s for s, _ in problems])
+            return state, step
+        if problems:
+            raise UnreadableCheckpointsError(none_readable_message(self.directory, problems))
+        return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        if not steps:
+            return
+        if jax.process_index() == 0:
+            for step in steps:
+                where = move_aside(self.directory / str(step))
+                print(f"moved the unreadable checkpoint {step} to {where}")
+        self.manager.reload()  # forget them: keep-N rotation must not look for them
+
+    def _check_shapes(self, step: int, stored_tree: Any, abstract_state: Any) -> None:
         stored_shapes = shapes_by_path(stored_tree)
         wanted = shapes_by_path(abstract_state)
         problems = []
@@ -84,18 +199,21 @@ class Checkpointer:
         if problems:
             shown = "\n".join(problems[:10])
             more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"checkpoint {self.directory / str(step)} does not match the model config "
                 f"({len(problems)} arrays differ):\n{shown}{more}\n"
                 "Use the config the run was started with (WORKDIR/config.json), or a new --workdir."
             )
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._write_errors():
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
 
 class BestCheckpoint:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -209,7 +208,7 @@ def initial_state(
     )
 
     def fresh(p):
-        return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p))
+        return TrainState.fresh(p, tx.init(p))
 
     with jax.set_mesh(trainer.mesh):
         return jax.jit(fresh, out_shardings=trainer.state_shardings)(arrays)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -49,23 +50,38 @@ def mfu(flops_per_token: float, tokens_per_s: float, n_devices: int, peak: float
 class MetricsWriter:
     """Appends one JSON object per line to metrics.jsonl and mirrors scalars to TensorBoard."""
 
-    def __init__(self, workdir: str | Path, enabled: bool = True):
+    def __init__(self, workdir: str | Path, enabled: bool = True, start_step: int = 0):
+        """start_step: the step the run resumes from; TensorBoard drops what earlier runs
+        logged past it (those steps are redone), as truncate_metrics does for metrics.jsonl."""
         self.enabled = enabled
         self.path = Path(workdir) / "metrics.jsonl"
         self._tb = None
         if enabled:
             # tensorboard's own writer, so TensorFlow need not be imported in the training process.
+            from tensorboard.compat.proto import event_pb2
             from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
             self._tb = EventFileWriter(str(Path(workdir) / "tensorboard"))
+            # A SessionLog START at step s makes TensorBoard purge older events of step >= s.
+            start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+            self._tb.add_event(
+                event_pb2.Event(wall_time=time.time(), step=start_step + 1, session_log=start)
+            )
             self._file = self.path.open("a")
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
         record = {"step": step, **{k: _plain(v) for k, v in values.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as e:  # a full disk: say what is safe and what to do
+            raise OSError(
+                e.errno,
+                f"writing {self.path} failed ({e.strerror}); the checkpoints are intact: free "
+                "space or fix the storage, then rerun the same command to resume",
+            ) from e
         from tensorboard.compat.proto import event_pb2, summary_pb2
 
         scalars = [
@@ -94,10 +110,32 @@ def _plain(value: Any) -> Any:
 
 
 def read_metrics(workdir: str | Path) -> list[dict]:
+    """The records of metrics.jsonl; a line a kill cut short (not JSON) is left out."""
     path = Path(workdir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def truncate_metrics(workdir: str | Path, last_step: int) -> None:
+    """Keep only the lines of steps <= last_step (and drop torn ones), replacing the file
+    atomically: a run resumed from last_step writes the later steps again, exactly once."""
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.is_file():
+        return
+    keep = [r for r in read_metrics(workdir) if r.get("step", 0) <= last_step]
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in keep))
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
 
 
 def plot_losses(workdir: str | Path) -> Path | None:

@@ -24,6 +24,20 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+    # Updates not applied because the loss or gradient norm was NaN or infinite (int32 scalars):
+    # in total, in a row ending at `step`, and the step number of the latest (0 = none).
+    skipped: jax.Array
+    skipped_in_row: jax.Array
+    last_skipped: jax.Array
+
+    @classmethod
+    def fresh(cls, params: Any, opt_state: Any) -> TrainState:
+        """A step-0 state (inside jit: the counters are placed as the step counter is)."""
+        zero = jnp.zeros((), jnp.int32)
+        return cls(zero, params, opt_state, zero, zero, zero)
+
+
+COUNTERS = ("skipped", "skipped_in_row", "last_skipped")  # absent from older checkpoints
 
 
 def split_targets(tokens_BT1: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -31,7 +45,7 @@ def split_targets(tokens_BT1: jax.Array) -> tuple[jax.Array, jax.Array, jax.Arra
 
     A negative entry -(t+1) is token t that is not trained on as a target (weight 0): the prompt
     and padding of supervised fine-tuning examples (see data/sft.py). Plain text has none, so
-    every target has weight 1. One int array carries both, through tf.data, sharding and
+    every target has weight 1. One int array carries both, through the input pipeline, sharding and
     microbatching unchanged.
     """
     weights_BT = (tokens_BT1[:, 1:] >= 0).astype(jnp.float32)
@@ -121,8 +135,27 @@ def train_step(
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grad_sum, state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    grad_norm = optax.tree.norm(grads)
+    new = _unless_nonfinite(state, params, opt_state, jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step)}
+    return new, metrics | {"skipped": new.skipped}
+
+
+def _unless_nonfinite(state: TrainState, params: Any, opt_state: Any, finite: jax.Array):
+    """The next state: the update applied if `finite`, else the old params and optimizer state
+    with the skip counted. The step advances either way, so the batch order and schedule go on.
+    (The select fuses into the update's element-wise kernels: it costs no extra pass.)"""
+    keep = lambda new, old: jnp.where(finite, new, old)
+    step = state.step + 1
+    bad = 1 - finite.astype(jnp.int32)
+    return TrainState(
+        step=step,
+        params=jax.tree.map(keep, params, state.params),
+        opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+        skipped=state.skipped + bad,
+        skipped_in_row=(state.skipped_in_row + 1) * bad,
+        last_skipped=jnp.where(finite, state.last_skipped, step),
+    )
 
 
 def eval_step(params: Any, tokens_BT1: jax.Array, *, model: GPT) -> jax.Array:
@@ -194,7 +227,7 @@ def make_trainer(
 
     def init_fn(rng: jax.Array) -> TrainState:
         params = nn.unbox(model.init(rng, dummy)["params"])
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        return TrainState.fresh(params, tx.init(params))
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
         state_shapes = jax.eval_shape(init_fn, jax.random.key(0))
@@ -243,10 +276,14 @@ def _state_shardings(tx, abstract_params: Any, param_shardings: Any, mesh: Mesh)
     flat = jax.tree_util.tree_leaves_with_path(abstract_params)
     shapes = {jax.tree_util.keystr(p): leaf.shape for p, leaf in flat}
     opt_specs = opt_state_specs(jax.eval_shape(tx.init, abstract_params), specs, shapes)
+    replicated = sharding_lib.replicated(mesh)
     return TrainState(
-        step=sharding_lib.replicated(mesh),
+        step=replicated,
         params=param_shardings,
         opt_state=jax.tree.map(lambda s: NamedSharding(mesh, s), opt_specs),
+        skipped=replicated,
+        skipped_in_row=replicated,
+        last_skipped=replicated,
     )
 
 

@@ -9,7 +9,12 @@ from __future__ import annotations
 import sys
 
 from jaxgpt import config as config_lib
+from jaxgpt.checkpoint import CheckpointWriteError, UnreadableCheckpointsError
 from jaxgpt.run.loop import train
+from jaxgpt.run.nonfinite import NonFiniteError
+
+# Failures a user can act on: the message says what happened and what to do; no traceback.
+RUN_ERRORS = (ValueError, OSError, NonFiniteError, CheckpointWriteError, UnreadableCheckpointsError)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     args = config_lib.parse_args(parser, argv)
     try:
         summary = train(args.config, args.workdir)
-    except (ValueError, FileNotFoundError) as e:
+    except RUN_ERRORS as e:
         sys.exit(f"error: {e}")
     if summary.preempted:
         sys.exit(143)

@@ -164,7 +164,7 @@ def test_chunked_loss_with_microbatches():
     params = init_params(BASE)
     tokens = batch(BASE, rows=4, masked=True)
     tx = optax.sgd(0.1)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    state = TrainState.fresh(params, tx.init(params))
     kw = dict(tx=tx, schedule=optax.constant_schedule(0.1), dropout=False)
     s1, m1 = jax.jit(functools.partial(train_step, model=GPT(BASE), microbatches=1, **kw))(
         state, tokens, jax.random.key(0)

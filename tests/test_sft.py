@@ -72,7 +72,7 @@ def test_microbatches_average_over_all_targets_of_the_batch():
     mask[1, 5] = True
     batch = jnp.asarray(masked(tokens, mask))
     tx = optax.sgd(0.1)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    state = TrainState.fresh(params, tx.init(params))
     kw = dict(model=model, tx=tx, schedule=optax.constant_schedule(0.1), dropout=False)
     s1, m1 = train_step(state, batch, jax.random.key(0), microbatches=1, **kw)
     s2, m2 = train_step(state, batch, jax.random.key(0), microbatches=2, **kw)

@@ -78,12 +78,25 @@ class TrainConfig:
     sample_prompt: str = ""
     peak_flops: float = 0.0
     early_stop_patience: int = 0
+    on_nonfinite: str = "stop"  # "stop" | "skip": what a step with a NaN/inf loss or gradient does
+    max_skipped: int = 10
 
     def __post_init__(self):
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ValueError(
+                f'train.on_nonfinite must be "stop" or "skip", got {self.on_nonfinite!r}'
+            )
         for key in ("epochs", "early_stop_patience"):
             if getattr(self, key) < 0:
                 raise ValueError(f"train.{key} must be >= 0, got {getattr(self, key)}")
-        for key in ("steps", "batch_size", "microbatches", "log_every", "eval_tokens"):
+        for key in (
+            "steps",
+            "batch_size",
+            "microbatches",
+            "log_every",
+            "eval_tokens",
+            "max_skipped",
+        ):
             if getattr(self, key) <= 0:
                 raise ValueError(f"train.{key} must be positive, got {getattr(self, key)}")
         if self.batch_size % self.microbatches:

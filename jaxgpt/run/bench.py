@@ -25,7 +25,7 @@ from jaxgpt import metrics as metrics_lib
 from jaxgpt import profile_ops
 from jaxgpt import sharding as sharding_lib
 from jaxgpt.data.build import prepare_dataset
-from jaxgpt.data.pipeline import TrainBatches, prefetch, tf_batches
+from jaxgpt.data.pipeline import TrainBatches, device_batches
 from jaxgpt.model import GPTConfig, count_params, flops_per_token
 from jaxgpt.run.meter import StepMeter
 from jaxgpt.run.plan import resolve_model
@@ -115,7 +115,7 @@ def _batches_synthetic(
 
 
 def _batches_from_data(data, rc: config_lib.RunConfig, model: GPTConfig, trainer: Trainer, n: int):
-    """The training loop's own input path: deterministic windows → tf.data → device, prefetched."""
+    """The training loop's own input path: deterministic windows → device, prefetched."""
     batches = TrainBatches(
         data.tokens("train"),
         rc.train.batch_size,
@@ -125,7 +125,7 @@ def _batches_from_data(data, rc: config_lib.RunConfig, model: GPTConfig, trainer
         jax.process_count(),
     )
     to_global = lambda b: sharding_lib.global_batch(b, trainer.batch_sharding)
-    return prefetch(to_global, tf_batches(batches, 0, n))
+    return device_batches(batches, 0, n, to_global)
 
 
 def _compile(trainer: Trainer, state: Any, batch: jax.Array, rng: jax.Array):

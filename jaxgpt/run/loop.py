@@ -13,10 +13,11 @@ from tqdm import tqdm
 
 from jaxgpt import metrics as metrics_lib
 from jaxgpt.checkpoint import BestCheckpoint
-from jaxgpt.data.pipeline import prefetch, tf_batches
+from jaxgpt.data.pipeline import device_batches
 from jaxgpt.model import count_params, flops_per_token
 from jaxgpt.run.evaluation import TrainingEval
 from jaxgpt.run.meter import StepMeter
+from jaxgpt.run.nonfinite import NonFiniteError, NonFiniteGuard
 from jaxgpt.run.setup import TrainingRun, setup_training
 from jaxgpt.run.stopping import Preemption, StopRules
 from jaxgpt.run.summary import Summary, format_summary
@@ -39,33 +40,71 @@ def train(
     meter, progress = _meter(run), _Progress(run, writer)
     say, log = progress.say, progress.log
     end, result = _plan_start(run, evals, say)
+    guard = NonFiniteGuard(tc, state, say)
     dropout_rng = jax.random.fold_in(jax.random.key(tc.seed), 1)
     # closing(): the input thread stops before the run goes on to close its other parts.
-    inputs = contextlib.closing(prefetch(run.to_global, tf_batches(run.batches, step, end)))
-    with Preemption() as preemption, inputs as batches:
-        rules = StopRules(preemption, tc.log_every, stop_at)
-        while (batch := meter.next_batch(batches, count_wait=step > run.start)) is not None:
-            state, metrics = trainer.step(state, batch, dropout_rng)
-            step += 1
-            progress.bar.update(1)
-            at_end = step == run.steps
-            log(meter.dispatched(step, metrics, step % tc.log_every == 0 or at_end))
-            if (tc.eval_every and step % tc.eval_every == 0) or at_end:
-                result = _evaluate(evals, step, state.params, say)
-                meter.restart()
-            reason = rules.reason(step, at_end) or ("early" if evals.out_of_patience() else None)
-            run.ckpt.save(step, state, force=at_end or reason is not None)
-            if reason:
-                say(_stop_message(reason, step, evals))
-                break
-        log(meter.flush())
+    inputs = contextlib.closing(device_batches(run.batches, step, end, run.to_global))
+    try:
+        with Preemption() as preemption, inputs as batches:
+            rules = StopRules(preemption, tc.log_every, stop_at)
+            while (batch := meter.next_batch(batches, count_wait=step > run.start)) is not None:
+                state, metrics = trainer.step(state, batch, dropout_rng)
+                step += 1
+                progress.bar.update(1)
+                at_end = step == run.steps
+                log(read := meter.dispatched(step, metrics, step % tc.log_every == 0 or at_end))
+                reason = guard.after_read(read, state)
+                if not reason and ((tc.eval_every and step % tc.eval_every == 0) or at_end):
+                    result = _evaluate(evals, step, state.params, say)
+                    meter.restart()
+                early = "early" if evals.out_of_patience() else None
+                reason = reason or rules.reason(step, at_end) or early
+                reason = _checkpoint(run, (step, state), reason, at_end, (meter, log, guard))
+                if reason:
+                    say(_stop_message(reason, step, evals))
+                    break
+            log(meter.flush())
+    except BaseException:
+        _abandon(run, evals, progress)
+        raise
     progress.bar.close()
-    return _finish(run, evals, progress, meter, (step, result), preemption.requested)
+    summary = _finish(run, evals, progress, meter, (step, result), preemption.requested)
+    if guard.message:
+        raise NonFiniteError(guard.message)
+    return summary
+
+
+def _abandon(run: TrainingRun, evals: TrainingEval, progress: _Progress) -> None:
+    """Close what the run opened when it fails (a write error, an interrupt), keeping the
+    first error: files are flushed and closed, an in-flight checkpoint finishes or is dropped."""
+    progress.bar.close()
+    closers = [progress.writer.close, run.ckpt.close]
+    if evals.best is not None:
+        closers.append(evals.best.close)
+    for close in closers:
+        with contextlib.suppress(Exception):
+            close()
+
+
+def _checkpoint(run: TrainingRun, at: tuple, reason: str | None, at_end: bool, watch: tuple):
+    """Save the state if due, and return the reason to stop (None: go on).
+
+    A step's metrics line is written before its checkpoint: a kill between the two can then
+    never leave a checkpoint whose step has no line. With train.on_nonfinite=stop, nothing
+    after a skipped update is saved."""
+    (step, state), (meter, log, guard) = at, watch
+    if reason == "nonfinite" or not run.ckpt.due(step, force=at_end or reason is not None):
+        return reason
+    log(meter.read_now())
+    if stop := guard.check(state):
+        return stop
+    run.ckpt.save(step, state, force=True)
+    return reason
 
 
 def _training_eval(run: TrainingRun) -> tuple[TrainingEval, metrics_lib.MetricsWriter]:
     rc = run.rc
-    writer = metrics_lib.MetricsWriter(run.workdir, enabled=run.is_main)
+    writer = metrics_lib.MetricsWriter(run.workdir, enabled=run.is_main, start_step=run.start)
     best = None
     if rc.ckpt.keep_best or rc.train.early_stop_patience:
         best = BestCheckpoint(run.workdir, rc.ckpt.keep_best, run.start)
@@ -133,6 +172,8 @@ def _evaluate(evals: TrainingEval, step: int, params, say) -> tuple[float, float
 
 
 def _stop_message(reason: str, step: int, evals: TrainingEval) -> str:
+    if reason == "nonfinite":
+        return f"stopped at step {step}: non-finite loss or gradient (see the error below)"
     if reason != "early":
         return f"{reason}: saved checkpoint at step {step}, exiting"
     best_step, best_loss = evals.best.best

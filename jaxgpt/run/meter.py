@@ -66,6 +66,11 @@ class StepMeter:
             self._pending = (step, metrics)
         return read
 
+    def read_now(self) -> tuple[int, dict] | None:
+        """The pending step's values with its window's timing, read now (a wait for that step):
+        before work that needs the step done anyway, such as its checkpoint."""
+        return self._read_timed() if self._pending is not None else None
+
     def flush(self) -> tuple[int, dict] | None:
         """The last logged step's values (no timing: no later step was dispatched)."""
         if self._pending is None:

@@ -192,13 +192,14 @@ def _write_workdir_files(workdir: Path, config, model_cfg: GPTConfig, data: Data
 def _first_state(rc, workdir: Path, trainer: Trainer, ckpt: Checkpointer, init, say):
     """(state, step): the latest checkpoint, else init_from's weights, else a random init."""
     source, notes = init
-    start = ckpt.latest_step()
-    if start is not None:
-        state = ckpt.restore(trainer.abstract_state(), start)
-        if jax.process_index() == 0:
-            _truncate_metrics(workdir, start)
-        say(f"resumed from {ckpt.directory / str(start)}")
-        return state, start
+    restored = ckpt.restore_latest(trainer.abstract_state(), say)
+    if jax.process_index() == 0:
+        # Steps past the one this run starts from are redone: drop their lines (all of them
+        # when starting over, e.g. after a kill before the first checkpoint).
+        metrics_lib.truncate_metrics(workdir, 0 if restored is None else restored[1])
+    if restored is not None:
+        say(f"resumed from {ckpt.directory / str(restored[1])}")
+        return restored
     if source is None:
         return trainer.init(jax.random.fold_in(jax.random.key(rc.train.seed), 0)), 0
     for note in notes:
@@ -208,14 +209,6 @@ def _first_state(rc, workdir: Path, trainer: Trainer, ckpt: Checkpointer, init, 
     state = init_from_lib.initial_state(trainer, trainer.tx, params)
     say(f"initialized from {source.spec}")
     return state, 0
-
-
-def _truncate_metrics(workdir: Path, after_step: int) -> None:
-    """Drop metric lines past the checkpoint we resume from: those steps will be redone."""
-    path = workdir / "metrics.jsonl"
-    if path.is_file():
-        keep = [r for r in metrics_lib.read_metrics(workdir) if r["step"] <= after_step]
-        path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
 
 def _model_line(trainer: Trainer, state: TrainState) -> str:

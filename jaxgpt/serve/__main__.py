@@ -48,6 +48,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="name of an environment variable holding the API key; every request "
         "must then send `Authorization: Bearer <key>`",
     )
+    _add_limit_flags(p)
+    p.add_argument("--step_delay_ms", type=float, default=0.0, help=argparse.SUPPRESS)
+    return config_lib.parse_args(p, argv)
+
+
+def _add_limit_flags(p: argparse.ArgumentParser) -> None:
+    """Batch, queue, request size and time limits."""
     p.add_argument("--max_batch", type=int, default=32, help="rows decoded together")
     p.add_argument(
         "--max_queue",
@@ -64,13 +71,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "past the context a row slides, see docs/serving.md)",
     )
     p.add_argument(
+        "--client_timeout",
+        type=float,
+        default=30.0,
+        help="seconds a client may take to send a request's headers, and again its body; "
+        "slower ones get 408 and are disconnected",
+    )
+    p.add_argument(
         "--graceful_timeout",
         type=float,
         default=60.0,
         help="seconds SIGTERM waits for in-flight requests before cancelling them",
     )
-    p.add_argument("--step_delay_ms", type=float, default=0.0, help=argparse.SUPPRESS)
-    return config_lib.parse_args(p, argv)
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
@@ -80,6 +92,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ValueError(f"--{flag} must be at least 1, got {value}")
+    if not args.client_timeout > 0:
+        raise ValueError(f"--client_timeout must be more than 0, got {args.client_timeout}")
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env, "")
@@ -103,6 +117,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         max_queue=args.max_queue,
         max_body_bytes=args.max_body_bytes,
         max_tokens_cap=args.max_tokens_cap,
+        client_timeout=args.client_timeout,
         graceful_timeout=args.graceful_timeout,
         step_delay_ms=args.step_delay_ms,
     )

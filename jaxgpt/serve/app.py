@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from jaxgpt.serve.completions import complete
 from jaxgpt.serve.engine import Engine
@@ -41,6 +42,7 @@ class Settings:
     api_key: str | None = None
     max_body_bytes: int = 1_000_000
     max_tokens_cap: int | None = None  # None: CAP_CONTEXTS × the model's context
+    client_timeout: float = 30.0  # seconds a client may take to send a request
 
     def cap(self, context: int) -> int:
         """The largest max_tokens a request may ask for."""
@@ -76,19 +78,21 @@ class Guard:
                 status[0] = message["status"]
             await send(message)
 
-        if self.expected is not None and not self._authorized(scope):
-            error = ApiError(
-                401,
-                "missing or wrong API key: send the header `Authorization: Bearer <key>`",
-                "authentication_error",
-                "invalid_api_key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-            await error.response()(scope, receive, send_and_count)
-        else:
-            await self.app(scope, receive, send_and_count)
-        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
-        self.metrics.request(endpoint, status[0])
+        try:
+            if self.expected is not None and not self._authorized(scope):
+                error = ApiError(
+                    401,
+                    "missing or wrong API key: send the header `Authorization: Bearer <key>`",
+                    "authentication_error",
+                    "invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await error.response()(scope, receive, send_and_count)
+            else:
+                await self.app(scope, receive, send_and_count)
+        finally:  # an exception still answers (500, outside this middleware): count it too
+            endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+            self.metrics.request(endpoint, status[0])
 
     def _authorized(self, scope) -> bool:
         given = dict(scope["headers"]).get(b"authorization", b"")
@@ -96,8 +100,25 @@ class Guard:
         return hmac.compare_digest(given, self.expected)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to pass `limit` bytes."""
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body, refused with 413 as soon as it is known to pass `limit` bytes, with 408
+    if it takes more than `timeout` seconds, and with 499 if the client hangs up meanwhile."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_body(request, limit)
+    except TimeoutError as e:
+        raise ApiError(
+            408,
+            f"the request body did not arrive within {timeout:g}s (--client_timeout)",
+            code="request_timeout",
+            headers={"Connection": "close"},
+        ) from e
+    except ClientDisconnect as e:
+        # Nobody reads the answer; the status (nginx's "client closed request") is for /metrics.
+        raise ApiError(499, "the client closed the connection", code="client_closed") from e
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     too_big = ApiError(
         413,
         f"request body is larger than this server's limit of {limit} bytes "
@@ -120,7 +141,9 @@ def parse_request(body: bytes) -> CompletionRequest:
     """JSON → a validated request, or a 400 that says which field is wrong and why."""
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except RecursionError as e:
+        raise ApiError(400, "request body is JSON nested too deeply", code="invalid_json") from e
+    except ValueError as e:  # bad JSON or UTF-8, or an integer past Python's digit limit
         raise ApiError(400, f"request body is not valid JSON: {e}", code="invalid_json") from e
     if not isinstance(data, dict):
         raise ApiError(
@@ -152,7 +175,7 @@ def tokenize_prompts(request: CompletionRequest, served: ServedModel, cap: int) 
     prompts = []
     for p in request.prompts:
         if isinstance(p, str):
-            ids = tok.encode(p) or [tok.eot_id]  # an empty prompt starts a new document
+            ids = tok.encode(_checked_unicode(p)) or [tok.eot_id]  # "" starts a new document
         else:
             bad = [i for i in p if not 0 <= i < tok.vocab_size]
             if not p or bad:
@@ -174,6 +197,19 @@ def tokenize_prompts(request: CompletionRequest, served: ServedModel, cap: int) 
             )
         prompts.append(ids)
     return prompts
+
+
+def _checked_unicode(text: str) -> str:
+    """The prompt, if it is text a tokenizer can encode (JSON may carry lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ApiError(
+            400,
+            f"prompt is not valid Unicode: {e.reason} at character {e.start}",
+            param="prompt",
+        ) from e
+    return text
 
 
 class _Server:
@@ -282,6 +318,12 @@ def _add_error_handlers(app: FastAPI) -> None:
             message = f"no endpoint {request.url.path}; this server has {', '.join(ENDPOINTS)}"
         return ApiError(e.status_code, message, headers=e.headers).response()
 
+    @app.exception_handler(Exception)
+    async def bug(request: Request, e: Exception) -> JSONResponse:
+        # A bug: the client gets the usual shape, uvicorn logs the traceback.
+        message = f"internal error ({type(e).__name__}); the server log has the details"
+        return ApiError(500, message, "server_error").response()
+
 
 def _add_status_routes(app: FastAPI, server: _Server) -> None:
     """GET /health (for load balancers and probes) and GET /metrics (Prometheus)."""
@@ -323,9 +365,10 @@ def _add_completion_route(app: FastAPI, server: _Server, settings: Settings) -> 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         b = server.ready()
-        req = parse_request(await read_body(request, settings.max_body_bytes))
+        body = await read_body(request, settings.max_body_bytes, settings.client_timeout)
+        req = parse_request(body)
         prompts = _admit(req, b, settings)
-        return await complete(b.engine, b.served, req, prompts, server.metrics)
+        return await complete(b.engine, b.served, req, prompts, server.metrics, request.receive)
 
 
 def _admit(req: CompletionRequest, b: Backend, settings: Settings) -> list[list[int]]:

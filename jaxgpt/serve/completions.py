@@ -4,12 +4,13 @@ response or a stream of server-sent events."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -27,12 +28,16 @@ async def complete(
     req: CompletionRequest,
     prompts: list[list[int]],
     metrics: Metrics,
+    receive: Callable[[], Awaitable[dict[str, Any]]],
 ) -> Response:
-    """Submit the job, then answer with the whole completion or a stream of chunks."""
+    """Submit the job, then answer with the whole completion or a stream of chunks.
+
+    `receive` is the request's ASGI receive, read for the client hanging up (the streamed
+    response watches it itself)."""
     reply = _Reply(engine, served, req, prompts, metrics)
     reply.submit()
     if not req.stream:
-        return await reply.whole()
+        return await reply.whole(receive)
     return StreamingResponse(
         reply.stream(),
         media_type="text/event-stream",
@@ -57,6 +62,12 @@ def _make_job(
         stream=req.stream,
         emit=emit,
     )
+
+
+async def _disconnected(receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+    """Returns once the client has hung up (the body was read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 class _Reply:
@@ -115,8 +126,24 @@ class _Reply:
         seconds = time.perf_counter() - self.start
         self.metrics.completion(self.prompt_tokens, self.out.completion_tokens, seconds, self.first)
 
-    async def whole(self) -> JSONResponse:
-        """Wait for every choice to finish; an engine error is a 500."""
+    async def whole(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> JSONResponse:
+        """Wait for every choice to finish; an engine error is a 500. A client that hangs up
+        first has its choices cancelled at once, rather than when they would have ended."""
+        collect = asyncio.ensure_future(self._collect())
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not collect.done():
+                collect.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await collect
+        if collect.cancelled():  # nobody reads this; the status is for /metrics
+            raise ApiError(499, "the client closed the connection", code="client_closed")
+        return collect.result()
+
+    async def _collect(self) -> JSONResponse:
         try:
             while not self.out.done:
                 event, _ = await self.next_chunk()

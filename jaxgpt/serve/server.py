@@ -9,6 +9,7 @@ import sys
 import time
 
 from jaxgpt.serve.app import Backend, Settings, create_app
+from jaxgpt.serve.connection import with_header_deadline
 from jaxgpt.serve.decoder import Decoder
 from jaxgpt.serve.engine import Engine
 from jaxgpt.serve.loading import load_model
@@ -31,6 +32,7 @@ class Options:
     max_queue: int = 256
     max_body_bytes: int = 1_000_000
     max_tokens_cap: int | None = None
+    client_timeout: float = 30.0
     graceful_timeout: float = 60.0
     step_delay_ms: float = 0.0
 
@@ -68,12 +70,15 @@ def serve(options: Options) -> int:
         failed.append(e)
         server[0].should_exit = True
 
-    settings = Settings(options.api_key, options.max_body_bytes, options.max_tokens_cap)
+    settings = Settings(
+        options.api_key, options.max_body_bytes, options.max_tokens_cap, options.client_timeout
+    )
     app = create_app(settings, lambda metrics: load_backend(options, metrics), on_load_error)
     config = uvicorn.Config(
         app,
         host=options.host,
         port=options.port,
+        http=with_header_deadline(options.client_timeout),
         log_level="info",
         timeout_graceful_shutdown=options.graceful_timeout,
     )
