@@ -3,6 +3,8 @@
 
 Reads the same config as `jaxgpt.train` (which runs this step itself when its data dir is
 missing or stale). Rerunning with unchanged inputs and settings does nothing; --force rebuilds.
+A build that was killed, or failed to write (a full disk), leaves nothing that would be used:
+rerun the same command.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.exit(1, "error: set --config.data.path=DIR (where the dataset goes)\n")
         build = build_dataset if args.force else prepare_dataset
         info = build(rc.data, rc.data.path)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # bad input, or a failed write (staging.WriteError)
         sys.exit(f"error: {e}")
     print(
         f"{info.path}: {info.train_tokens:,} training and {info.val_tokens:,} validation tokens "

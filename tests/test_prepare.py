@@ -17,7 +17,7 @@ from jaxgpt.config.data import TokenizerConfig
 from jaxgpt.data.build import prepare_dataset, split_documents
 from jaxgpt.data.clean import CleanConfig, clean_text
 from jaxgpt.data.dataset import DataConfig, dataset_key, load_dataset
-from jaxgpt.data.pipeline import TrainBatches, tf_batches
+from jaxgpt.data.pipeline import TrainBatches, device_batches
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -123,7 +123,8 @@ def test_reuses_and_rebuilds(docs_dir, tmp_path):
 
 
 def test_leftover_tmp_dir_and_missing_metadata(docs_dir, tmp_path):
-    """A half-written '*.tmp-*' dir is never loaded; a dir without metadata.json is rebuilt."""
+    """A half-written '*.tmp-*' dir is never loaded (and is removed); a dir without
+    metadata.json is rebuilt. More such cases: test_prepare_faults.py."""
     cfg = data_config(docs_dir)
     out = tmp_path / "data"
     crashed = tmp_path / f"data.tmp-{dataset_key(cfg)}-999"
@@ -132,7 +133,7 @@ def test_leftover_tmp_dir_and_missing_metadata(docs_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a prepared data dir"):
         load_dataset(out)
     info = prepare_dataset(cfg, out, verbose=False)
-    assert info.train_tokens > 0
+    assert info.train_tokens > 0 and not crashed.exists()  # nobody held it: removed
     (out / "metadata.json").unlink()
     assert prepare_dataset(cfg, out, verbose=False) == info
 
@@ -166,11 +167,12 @@ def test_parallel_encoding_matches_in_process(many_docs, tmp_path, monkeypatch):
         np.testing.assert_array_equal(one.tokens(split).read_all(), two.tokens(split).read_all())
 
 
-def test_tf_data_batches_equal_the_pure_function(many_docs, tmp_path):
-    """tf.data yields exactly local_batch(step) for each step, in order, from any start."""
+def test_device_batches_equal_the_pure_function(many_docs, tmp_path):
+    """The loop's input yields exactly local_batch(step) for each step, in order, from any
+    start, through the device copy it is given."""
     info = prepare_dataset(data_config(many_docs), tmp_path / "data", verbose=False)
     batches = TrainBatches(info.tokens("train"), batch_size=4, seq_len=32, seed=7)
-    got = list(tf_batches(batches, 3, 9))
+    got = list(device_batches(batches, 3, 9, lambda b: b.copy()))
     assert len(got) == 6
     for step, batch in zip(range(3, 9), got, strict=True):
         np.testing.assert_array_equal(batch, batches.local_batch(step))

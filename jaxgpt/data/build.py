@@ -2,19 +2,21 @@
 
 Two passes, so memory stays bounded by the dedup index rather than the corpus: the first writes
 the cleaned documents as JSONL (and keeps a sample for the tokenizer), the second encodes the
-JSONL in parallel worker processes into shards. Everything is written into a temporary sibling
-dir that is renamed into place only when complete.
+JSONL in parallel worker processes into shards. Everything is written into a staging dir that
+is renamed into place only when complete (data/staging.py), so a killed build leaves no data
+dir that could be used, and a failed write gives one clear error.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import hashlib
 import json
 import multiprocessing
 import os
-import shutil
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -24,14 +26,15 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxgpt.data import sources as sources_lib
+from jaxgpt.data import staging
 from jaxgpt.data.clean import CleanStats, clean_documents
 from jaxgpt.data.dataset import (
     FORMAT_VERSION,
     DataConfig,
     DatasetInfo,
     dataset_key,
-    is_current,
     load_dataset,
+    stale_reason,
 )
 from jaxgpt.data.dedup import DedupStats, deduplicate
 from jaxgpt.data.sft import build_sft
@@ -95,9 +98,18 @@ def _chunks(texts: Iterable[str], max_bytes: int) -> Iterator[list[str]]:
 _WORKER_TOKENIZER = None
 
 
-def _init_worker(filename: str, data: bytes, eot_token: str) -> None:
+def _init_worker(filename: str, data: bytes, eot_token: str, parent: int) -> None:
     global _WORKER_TOKENIZER
     _WORKER_TOKENIZER = tokenizer_from_bytes(filename, data, eot_token)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A build killed with kill -9 cannot stop its workers, and they would wait for work
+    forever: each watches for its parent to go."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _encode_chunk(texts: list[str], tokenizer=None) -> tuple[np.ndarray, int]:
@@ -123,16 +135,29 @@ def _encode_split(
     )  # fmt: skip
     chunks = _chunks(_read_jsonl_texts(jsonl), ENCODE_CHUNK_BYTES)
     done = 0
-    if workers <= 1 or total_bytes < IN_PROCESS_BYTES:
+    with bar:  # closed on errors too, so an error message starts on a line of its own
+        if workers > 1 and total_bytes >= IN_PROCESS_BYTES:
+            return _encode_in_pool(chunks, writer, tokenizer, workers, bar)
         for chunk in chunks:
             tokens, n = _encode_chunk(chunk, tokenizer)
             writer.write(tokens)
             done += n
             bar.update(n)
-    else:
-        # spawn, not fork: the parent may already run JAX's threads, which fork can deadlock.
-        ctx = multiprocessing.get_context("spawn")
-        init = (type(tokenizer).filename, tokenizer.proto, getattr(tokenizer, "eot_token", ""))
+    return done
+
+
+def _encode_in_pool(
+    chunks: Iterator[list[str]], writer: ShardWriter, tokenizer, workers: int, bar: tqdm
+) -> int:
+    """Encode chunks in worker processes, writing their tokens in order."""
+    # spawn, not fork: the parent may already run JAX's threads, which fork can deadlock.
+    ctx = multiprocessing.get_context("spawn")
+    init = (
+        type(tokenizer).filename, tokenizer.proto, getattr(tokenizer, "eot_token", ""),
+        os.getpid(),
+    )  # fmt: skip
+    done = 0
+    try:
         with cf.ProcessPoolExecutor(workers, ctx, _init_worker, init) as pool:
             pending: deque = deque()
             for chunk in chunks:  # a bounded window of tasks keeps memory flat and order intact
@@ -141,7 +166,12 @@ def _encode_split(
                     done += _drain_one(pending, writer, bar)
             while pending:
                 done += _drain_one(pending, writer, bar)
-    bar.close()
+    except cf.process.BrokenProcessPool:
+        raise ChildProcessError(
+            "an encoding worker process died (killed; by the out-of-memory killer?), so the "
+            "build was stopped and nothing of it kept: rerun the same command, with a lower "
+            "data.workers if memory is short"
+        ) from None
     return done
 
 
@@ -180,21 +210,19 @@ def _write_documents(cfg: DataConfig, tmp: Path, verbose: bool) -> tuple[BuildSt
     counts = {"train": 0, "val": 0}
     sizes = {"train": 0, "val": 0}
     sample, sample_budget = [], int(cfg.tokenizer.train_mb * 1e6)
-    files = {s: (tmp / f"{s}.jsonl").open("w", encoding="utf-8") for s in counts}
     bar = tqdm(desc="read", unit=" docs", disable=not verbose, dynamic_ncols=True)
-    try:
+    with contextlib.ExitStack() as stack:  # every file closed, also when one write fails
+        stack.callback(bar.close)
+        files = {s: stack.enter_context(staging.create(tmp / f"{s}.jsonl")) for s in counts}
         for split, text in split_documents(kept, cfg.val_fraction, cfg.split):
-            files[split].write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+            line = json.dumps({"text": text}, ensure_ascii=False) + "\n"
+            files[split].write(line.encode())
             counts[split] += 1
             sizes[split] += len(text.encode())
             if split == "train" and sample_budget > 0:
                 sample.append(text)
                 sample_budget -= len(text)
             bar.update(1)
-    finally:
-        for f in files.values():
-            f.close()
-        bar.close()
     stats = BuildStats(read_stats, clean_stats, dedup_stats, counts, sizes)
     if not counts["train"] or not counts["val"]:
         raise ValueError(
@@ -208,75 +236,125 @@ def _write_documents(cfg: DataConfig, tmp: Path, verbose: bool) -> tuple[BuildSt
 def build_dataset(cfg: DataConfig, out_dir: str | Path, verbose: bool = True) -> DatasetInfo:
     """Build the data dir at out_dir from scratch (see prepare_dataset for the cached entry)."""
     out_dir = Path(out_dir)
+    foreign = staging.foreign_files(out_dir)
+    if foreign:
+        raise ValueError(
+            f"data.path={out_dir} holds {', '.join(foreign[:3])}{', ...' if foreign[3:] else ''}"
+            ", which a data dir does not; not replacing it. Choose a new data.path, or remove it"
+        )
     key = dataset_key(cfg)
-    started = time.time()
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{key}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    _remove_abandoned(out_dir, verbose)
     try:
-        if cfg.format == "sft":
-            return _finish(out_dir, tmp, _build_sft(cfg, tmp, key, started, verbose), verbose)
-        stats, sample = _write_documents(cfg, tmp, verbose)
-        timings = {"read_clean_dedup_s": time.time() - started}
-        if verbose and not cfg.tokenizer.path:
-            print(f"data: training a SentencePiece {cfg.tokenizer.model_type} tokenizer")
-        tokenizer = make_tokenizer(cfg.tokenizer, sample)
-        del sample
-        timings["tokenizer_s"] = time.time() - started - sum(timings.values())
-        tokenizer.save(tmp / type(tokenizer).filename)
-        dtype = token_dtype(tokenizer.vocab_size)
-        workers = cfg.workers or max(1, (os.cpu_count() or 1))
-        shard_tokens = max(int(cfg.shard_mb * 1e6) // dtype.itemsize, 1)
-        splits = {}
-        for split in ("train", "val"):
-            writer = ShardWriter(tmp, split, dtype, shard_tokens)
-            _encode_split(
-                tmp / f"{split}.jsonl", writer, tokenizer, workers, stats.text_bytes[split], verbose
-            )
-            shards = writer.close()
-            splits[split] = {
-                "documents": stats.documents[split],
-                "bytes": stats.text_bytes[split],
-                "tokens": sum(s["tokens"] for s in shards),
-                "shards": shards,
-            }
-        timings["encode_s"] = time.time() - started - sum(timings.values())
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "key": key,
-            "config": dataclasses.asdict(cfg),
-            "vocab_size": tokenizer.vocab_size,
-            "eot_id": tokenizer.eot_id,
-            "dtype": dtype.name,
-            "tokenizer_file": type(tokenizer).filename,
-            "tokenizer_sha256": hashlib.sha256(tokenizer.proto).hexdigest(),
-            "splits": splits,
-            "read": dataclasses.asdict(stats.read),
-            "clean": dataclasses.asdict(stats.clean),
-            "dedup": dataclasses.asdict(stats.dedup),
-            "seconds": round(time.time() - started, 2),
-            "timings": {k: round(v, 2) for k, v in timings.items()},
-        }
-        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
-        return _finish(out_dir, tmp, format_report(stats, meta), verbose)
+        stage = staging.Staging(out_dir, key)
+    except OSError as e:
+        raise staging.WriteError(staging.failure_message(e, out_dir, 0)) from None
+    try:
+        build = _build_sft if cfg.format == "sft" else _build_text
+        report = build(cfg, stage.path, key, verbose)
+        staging.write_file(stage.path / "report.txt", (report + "\n").encode())
+        stage.commit()
+    except OSError as e:
+        written = _written(stage)
+        stage.abort()
+        if not _is_data_dir_path(e.filename, out_dir):
+            raise  # reading an input, not writing the data dir: its own error says which
+        raise staging.WriteError(staging.failure_message(e, out_dir, written)) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        stage.abort()
         raise
-
-
-def _finish(out_dir: Path, tmp: Path, report: str, verbose: bool) -> DatasetInfo:
-    """Write the report, then move the complete data dir into place."""
-    (tmp / "report.txt").write_text(report + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
     if verbose:
         print(report)
     return load_dataset(out_dir)
 
 
-def _build_sft(cfg: DataConfig, tmp: Path, key: str, started: float, verbose: bool) -> str:
+def _remove_abandoned(out_dir: Path, verbose: bool) -> None:
+    for path in staging.remove_abandoned(out_dir):
+        if verbose:
+            print(f"data: removed {path}, left by a build that was killed")
+
+
+def _written(stage: staging.Staging) -> int:
+    try:
+        return stage.written_bytes()
+    except OSError:
+        return 0
+
+
+def _is_data_dir_path(filename, out_dir: Path) -> bool:
+    """Whether an error's file is the data dir, its staging dir, or a file in either."""
+    if filename is None:
+        return False
+    path = Path(os.fsdecode(filename))
+    for p in (path, path.parent):
+        if p == out_dir or (
+            p.parent == out_dir.parent and p.name.startswith(out_dir.name + ".tmp-")
+        ):
+            return True
+    return False
+
+
+def _build_text(cfg: DataConfig, tmp: Path, key: str, verbose: bool) -> str:
+    """A text data dir in tmp, with its metadata.json written last; returns the report."""
+    started = time.time()
+    stats, sample = _write_documents(cfg, tmp, verbose)
+    timings = {"read_clean_dedup_s": time.time() - started}
+    if verbose and not cfg.tokenizer.path:
+        print(f"data: training a SentencePiece {cfg.tokenizer.model_type} tokenizer")
+    tokenizer = make_tokenizer(cfg.tokenizer, sample)
+    del sample
+    timings["tokenizer_s"] = time.time() - started - sum(timings.values())
+    staging.write_file(tmp / type(tokenizer).filename, tokenizer.proto)
+    splits = _encode_splits(cfg, tmp, stats, tokenizer, verbose)
+    timings["encode_s"] = time.time() - started - sum(timings.values())
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "key": key,
+        "config": dataclasses.asdict(cfg),
+        "vocab_size": tokenizer.vocab_size,
+        "eot_id": tokenizer.eot_id,
+        "dtype": token_dtype(tokenizer.vocab_size).name,
+        "tokenizer_file": type(tokenizer).filename,
+        "tokenizer_sha256": hashlib.sha256(tokenizer.proto).hexdigest(),
+        "splits": splits,
+        "read": dataclasses.asdict(stats.read),
+        "clean": dataclasses.asdict(stats.clean),
+        "dedup": dataclasses.asdict(stats.dedup),
+        "seconds": round(time.time() - started, 2),
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+    }
+    _write_metadata(tmp, meta)
+    return format_report(stats, meta)
+
+
+def _encode_splits(cfg: DataConfig, tmp: Path, stats: BuildStats, tokenizer, verbose: bool):
+    """Pass 2: each split's JSONL → token shards; returns metadata's "splits"."""
+    dtype = token_dtype(tokenizer.vocab_size)
+    workers = cfg.workers or max(1, (os.cpu_count() or 1))
+    shard_tokens = max(int(cfg.shard_mb * 1e6) // dtype.itemsize, 1)
+    splits = {}
+    for split in ("train", "val"):
+        with ShardWriter(tmp, split, dtype, shard_tokens) as writer:
+            total = stats.text_bytes[split]
+            _encode_split(tmp / f"{split}.jsonl", writer, tokenizer, workers, total, verbose)
+            shards = writer.close()
+        splits[split] = {
+            "documents": stats.documents[split],
+            "bytes": stats.text_bytes[split],
+            "tokens": sum(s["tokens"] for s in shards),
+            "shards": shards,
+        }
+    return splits
+
+
+def _write_metadata(tmp: Path, meta: dict) -> None:
+    """metadata.json, with the size of every file written before it: the completion mark."""
+    meta["files"] = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+    staging.write_file(tmp / "metadata.json", json.dumps(meta, indent=2, default=str).encode())
+
+
+def _build_sft(cfg: DataConfig, tmp: Path, key: str, verbose: bool) -> str:
     """An SFT data dir (data/sft.py) in tmp, with its metadata.json; returns the report."""
+    started = time.time()
     built = build_sft(cfg, tmp, verbose)
     tokenizer = built["tokenizer"]
     meta = {
@@ -293,14 +371,19 @@ def _build_sft(cfg: DataConfig, tmp: Path, key: str, started: float, verbose: bo
         "read": dataclasses.asdict(built["read"]),
         "seconds": round(time.time() - started, 2),
     }
-    (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
+    _write_metadata(tmp, meta)
     return built["report"]
 
 
 def prepare_dataset(cfg: DataConfig, out_dir: str | Path, verbose: bool = True) -> DatasetInfo:
-    """The data dir at out_dir, built only if it is missing or was built from other inputs."""
-    if is_current(out_dir, cfg):
+    """The data dir at out_dir, built only if it is missing, incomplete, or was built from other
+    inputs or settings."""
+    reason = stale_reason(out_dir, cfg)
+    if reason is None:
+        _remove_abandoned(Path(out_dir), verbose)
         return load_dataset(out_dir)
+    if verbose and Path(out_dir).exists():
+        print(f"data: {reason}; rebuilding it")
     return build_dataset(cfg, out_dir, verbose)
 
 

@@ -5,7 +5,9 @@ Layout of a data dir (written by jaxgpt.data.build):
     tokenizer.model | .json       SentencePiece model, or a Hugging Face tokenizer.json
     train-00000.bin, ...          token shards (uint16 or uint32), EOT after every document
     val-00000.bin, ...
-    metadata.json                 sources, settings, key, tokenizer hash, counts per shard
+    metadata.json                 sources, settings, key, tokenizer hash, counts per shard, and
+                                  the size of every file above ("files"): written last, it marks
+                                  the dir complete
     report.txt                    what happened, for people
 """
 
@@ -17,6 +19,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from jaxgpt.config.data import DataConfig
 from jaxgpt.data import sources as sources_lib
@@ -118,17 +122,47 @@ def read_metadata(path: str | Path) -> dict | None:
     meta_path = Path(path) / "metadata.json"
     if not meta_path.is_file():
         return None
-    return json.loads(meta_path.read_text())
+    try:
+        return json.loads(meta_path.read_text())
+    except ValueError as e:
+        raise ValueError(
+            f"{meta_path} is not valid JSON ({e}): a copy that did not finish? "
+            "Rebuild the data dir with python -m jaxgpt.prepare"
+        ) from None
+
+
+def missing_part(path: Path, meta: dict) -> str | None:
+    """A file of the data dir that is missing or not the size metadata.json says (None: all
+    there). Dirs from before the "files" list are checked by their shards' token counts."""
+    sizes = meta.get("files")
+    if sizes is None:
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        shards = [s for split in SPLITS for s in meta["splits"][split]["shards"]]
+        sizes = {s["file"]: s["tokens"] * itemsize for s in shards}
+    for name, size in sizes.items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != size:
+            return f"{name} is {f.stat().st_size:,} bytes, metadata.json says {size:,}"
+    return None
 
 
 def load_dataset(path: str | Path) -> DatasetInfo:
-    """Open a prepared data dir; a dir without metadata.json is not a finished dataset."""
+    """Open a prepared data dir; a dir without metadata.json, or missing part of what it lists,
+    is not a finished dataset."""
     path = Path(path)
     meta = read_metadata(path)
     if meta is None:
         raise FileNotFoundError(
             f"{path} is not a prepared data dir ({path / 'metadata.json'} is missing); "
             "run python -m jaxgpt.prepare"
+        )
+    problem = missing_part(path, meta)
+    if problem:
+        raise FileNotFoundError(
+            f"{path} is an incomplete data dir ({problem}); rebuild it with python -m "
+            "jaxgpt.prepare"
         )
     return DatasetInfo(
         path=path,
@@ -150,6 +184,22 @@ def _eot_token(settings: dict) -> str:
     return settings.get("tokenizer_eot_token", "")
 
 
+def stale_reason(path: str | Path, cfg: DataConfig) -> str | None:
+    """Why the data dir at path is not the one cfg describes, complete; None when it is."""
+    path = Path(path)
+    if not path.exists():
+        return f"{path} does not exist"
+    try:
+        meta = read_metadata(path)
+    except ValueError:
+        return f"{path / 'metadata.json'} is not valid JSON (a copy that did not finish?)"
+    if meta is None:
+        return f"{path} has no metadata.json (a build or copy that did not finish)"
+    if meta.get("key") != dataset_key(cfg):
+        return f"{path} was built from other inputs or settings"
+    problem = missing_part(path, meta)
+    return f"{path} is incomplete ({problem})" if problem else None
+
+
 def is_current(path: str | Path, cfg: DataConfig) -> bool:
-    meta = read_metadata(path)
-    return meta is not None and meta.get("key") == dataset_key(cfg)
+    return stale_reason(path, cfg) is None

@@ -11,6 +11,7 @@ negative ids -(t+1) for uncounted targets (see state.split_targets).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from jaxgpt.config.data import DataConfig
 from jaxgpt.data import sources as sources_lib
+from jaxgpt.data import staging
 from jaxgpt.data.inputs import CorruptInputError, corrupt, input_files, reject
 from jaxgpt.data.pipeline import TrainBatches, process_rows
 from jaxgpt.data.readers import open_input
@@ -175,7 +177,7 @@ def build_sft(cfg: DataConfig, tmp: Path, verbose: bool) -> dict:
     stats = sources_lib.ReadStats()
     examples, duplicates = read_splits(cfg, stats, verbose)
     tokenizer = make_tokenizer(cfg.tokenizer, [p + c for p, c in examples["train"]])
-    tokenizer.save(tmp / type(tokenizer).filename)
+    staging.write_file(tmp / type(tokenizer).filename, tokenizer.proto)
     shard_tokens = max(int(cfg.shard_mb * 1e6) // 4, 1)  # uint32: 4 bytes a token
     splits = {
         split: write_split(tmp, split, items, tokenizer, shard_tokens)
@@ -226,15 +228,18 @@ def write_split(
 ) -> dict:
     """Encode one split's examples into token shards and `{split}-examples.npy`; returns the
     split's metadata."""
-    writer = ShardWriter(tmp, split, np.uint32, shard_tokens)
     offsets = np.zeros(len(items) + 1, np.int64)
     completion_tokens = 0
-    for i, (prompt, completion) in enumerate(items):
-        tokens = encode_example(tokenizer, prompt, completion)
-        writer.write(tokens)
-        offsets[i + 1] = offsets[i] + len(tokens)
-        completion_tokens += int(np.sum((tokens & PROMPT_BIT) == 0))
-    np.save(tmp / f"{split}-examples.npy", offsets)
+    with ShardWriter(tmp, split, np.uint32, shard_tokens) as writer:
+        for i, (prompt, completion) in enumerate(items):
+            tokens = encode_example(tokenizer, prompt, completion)
+            writer.write(tokens)
+            offsets[i + 1] = offsets[i] + len(tokens)
+            completion_tokens += int(np.sum((tokens & PROMPT_BIT) == 0))
+        shards = writer.close()
+    npy = io.BytesIO()  # np.save to a real file writes around it, unsynced and unnamed on error
+    np.save(npy, offsets)
+    staging.write_file(tmp / f"{split}-examples.npy", npy.getvalue())
     lengths = np.diff(offsets)
     return {
         "documents": len(items),
@@ -246,7 +251,7 @@ def write_split(
             "p99": int(np.percentile(lengths, 99)),
             "max": int(lengths.max()),
         },
-        "shards": writer.close(),
+        "shards": shards,
     }
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from jaxgpt.data import staging
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -15,7 +18,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 class ShardWriter:
-    """Appends token arrays to NAME-00000.bin, NAME-00001.bin, ... of at most shard_tokens each."""
+    """Appends token arrays to NAME-00000.bin, NAME-00001.bin, ... of at most shard_tokens each.
+    Use it in a with block: on an error, its open file is closed (and so frees its disk space
+    once the staging dir is removed) rather than left to the garbage collector."""
 
     def __init__(self, directory: Path, name: str, dtype: np.dtype, shard_tokens: int):
         self.directory, self.name, self.dtype = Path(directory), name, np.dtype(dtype)
@@ -26,17 +31,25 @@ class ShardWriter:
     def _open_next(self) -> None:
         if self._file is not None:
             self._file.close()
-        self._file = (self.directory / f"{self.name}-{len(self.counts):05d}.bin").open("wb")
+        self._file = staging.create(self.directory / f"{self.name}-{len(self.counts):05d}.bin")
         self.counts.append(0)
 
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is not None and self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+
     def write(self, tokens: np.ndarray) -> None:
-        tokens = np.asarray(tokens, dtype=self.dtype)
+        tokens = np.ascontiguousarray(tokens, dtype=self.dtype)
         while len(tokens):
             if self._file is None or self.counts[-1] >= self.shard_tokens:
                 self._open_next()
             room = self.shard_tokens - self.counts[-1]
             head, tokens = tokens[:room], tokens[room:]
-            head.tofile(self._file)
+            self._file.write(memoryview(head).cast("B"))  # through the file: errors name it
             self.counts[-1] += len(head)
 
     def close(self) -> list[dict]:
