@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxgpt import config as config_lib
+from jaxgpt.checkpoint import UnreadableCheckpointsError, none_readable_message, one_line
 from jaxgpt.data.tokenizer import load_tokenizer
 from jaxgpt.model import GPT, GPTConfig
 
@@ -32,20 +35,46 @@ class Run:
         return self.model.config
 
 
-def restore_params(workdir: str | Path, step: int | None = None) -> tuple[dict[str, Any], int]:
+def restore_params(
+    workdir: str | Path, step: int | None = None, warn: Callable[[str], None] | None = None
+) -> tuple[dict[str, Any], int]:
     """Just the params of a checkpoint, as numpy arrays on the host.
 
     By default the run's result: its best params (WORKDIR/best, kept with ckpt.keep_best) if
-    it has them, else its latest checkpoint. A given step is looked up among both.
+    it has them, else its latest checkpoint. A given step is looked up among both. Without a
+    given step, one that cannot be read is named (`warn`, default stderr) and the next one
+    tried (best, then checkpoints newest first); nothing is moved, since readers (serve,
+    evaluate) may run next to the training that owns the workdir.
     """
     root = Path(workdir).resolve()
     best = root / "best"
-    if best.is_dir() and _steps(best) and (step is None or step in _steps(best)):
-        return _restore_params(best, step)
-    return _restore_params(root / "checkpoints", step)
+    if step is not None:
+        if step in _steps(best):
+            return _restore_params(best, step)
+        return _restore_params(root / "checkpoints", step)
+    candidates = [(best, s) for s in reversed(_steps(best))]
+    candidates += [(root / "checkpoints", s) for s in reversed(_steps(root / "checkpoints"))]
+    if not candidates:
+        raise FileNotFoundError(f"no checkpoints in {root / 'checkpoints'}")
+    problems = []
+    for directory, candidate in candidates:
+        try:
+            return _restore_params(directory, candidate)
+        except Exception as e:  # TensorStore, JSON, missing files: all mean unreadable
+            problems.append((candidate, f"({directory.name}) {one_line(e)}"))
+            (warn or _stderr)(
+                f"checkpoint {directory / str(candidate)} cannot be read: {problems[-1][1]}"
+            )
+    raise UnreadableCheckpointsError(none_readable_message(root, problems))
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _steps(directory: Path) -> list[int]:
+    if not directory.is_dir():
+        return []
     return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
 
 

@@ -112,18 +112,19 @@ def test_skip_policy_goes_on_then_stops_after_max_skipped(small_corpus, tmp_path
         assert _all_finite(workdir, step), step
 
 
-def _corrupt_largest_data_file(step_dir: Path) -> None:
-    data = max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+def _corrupt(step_dir: Path) -> None:
+    """Cut every array data file in half (what an interrupted copy leaves)."""
+    for data in step_dir.glob("*/ocdbt.process_*/d/*"):
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
 
 
 def test_an_unreadable_checkpoint_falls_back_to_the_previous_one(small_corpus, tmp_path, capsys):
-    """The latest checkpoint's data cut in half: the run names it in one line, moves it aside,
+    """The latest checkpoint's data files cut in half: the run names it in one line, moves it aside,
     resumes from the one before, and the losses equal an uninterrupted run's."""
     workdir, reference = tmp_path / "run", tmp_path / "reference"
     train(tiny_config(small_corpus, **{"train.steps": 15}), reference)
     train(tiny_config(small_corpus, **{"train.steps": 15}), workdir, stop_at=10)
-    _corrupt_largest_data_file(workdir / "checkpoints" / "10")
+    _corrupt(workdir / "checkpoints" / "10")
     capsys.readouterr()
     summary = train(tiny_config(small_corpus, **{"train.steps": 15}), workdir)
     out = capsys.readouterr().out
@@ -140,7 +141,7 @@ def test_no_readable_checkpoint_fails_with_what_to_do(small_corpus, tmp_path):
     workdir = tmp_path / "run"
     train(tiny_config(small_corpus, **{"train.steps": 10}), workdir)
     for step in (5, 10):
-        _corrupt_largest_data_file(workdir / "checkpoints" / str(step))
+        _corrupt(workdir / "checkpoints" / str(step))
     with pytest.raises(UnreadableCheckpointsError, match="none of the 2 checkpoint") as e:
         train(tiny_config(small_corpus, **{"train.steps": 15}), workdir)
     assert "step 10:" in str(e.value) and "step 5:" in str(e.value)
@@ -237,3 +238,25 @@ def test_a_full_disk_fails_clearly_and_a_rerun_after_freeing_space_resumes(
     a, b = losses(reference), losses(workdir)
     logged = [r["step"] for r in metrics_lib.read_metrics(workdir) if "loss" in r]
     assert logged == list(range(1, 21)) and all(a[s] == b[s] for s in a)
+
+
+def test_readers_fall_back_from_unreadable_params_without_moving_them(small_corpus, tmp_path):
+    """generate, evaluate, export, serve and init_from=workdir: read params through
+    restore_params: an unreadable best/ or latest checkpoint is named and the next one used;
+    a step asked for by number is not replaced; when none can be read, the error lists them."""
+    workdir = tmp_path / "run"
+    cfg = tiny_config(small_corpus, **{"train.steps": 10, "ckpt.keep_best": True})
+    train(cfg, workdir)
+    assert restore_params(workdir)[1] == 10  # best (step 10, the last eval) first
+    _corrupt(workdir / "best" / "10")
+    _corrupt(workdir / "checkpoints" / "10")
+    warnings: list[str] = []
+    _, step = restore_params(workdir, warn=warnings.append)
+    assert step == 5 and len(warnings) == 2
+    assert "best/10 cannot be read" in warnings[0] and "checkpoints/10" in warnings[1]
+    assert (workdir / "checkpoints" / "10").is_dir()  # readers never move files
+    with pytest.raises(Exception, match="params"):
+        restore_params(workdir, 10)  # asked for by number: no silent substitute
+    _corrupt(workdir / "checkpoints" / "5")
+    with pytest.raises(UnreadableCheckpointsError, match="none of the 3 checkpoint"):
+        restore_params(workdir, warn=warnings.append)
