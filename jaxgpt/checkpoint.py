@@ -19,7 +19,29 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxgpt.integrity import checksums, mismatch_message, mismatches, path_name
 from jaxgpt.state import COUNTERS, TrainState
+
+
+def _manager(directory: Path, keep: int, async_save: bool) -> ocp.CheckpointManager:
+    """Two items per step: the arrays ('default', as before checksums existed) and their
+    checksums (jaxgpt.integrity), so a restore can prove it got what was saved."""
+    return ocp.CheckpointManager(
+        directory,
+        item_handlers={
+            "default": ocp.StandardCheckpointHandler(),
+            "checksums": ocp.JsonCheckpointHandler(),
+        },
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+        ),
+    )
+
+
+def _save_args(tree: Any) -> ocp.args.Composite:
+    return ocp.args.Composite(
+        default=ocp.args.StandardSave(tree), checksums=ocp.args.JsonSave(checksums(tree))
+    )
 
 
 class CheckpointMismatchError(ValueError):
@@ -60,20 +82,9 @@ def none_readable_message(directory: Path, problems: list[tuple[int, str]]) -> s
     )
 
 
-def _path_name(path: tuple) -> str:
-    # Orbax stores namedtuples and lists as dicts: compare "opt_state/1/mu/wte" spellings.
-    parts = []
-    for key in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-    return "/".join(parts)
-
-
 def shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
     return {
-        _path_name(path): tuple(leaf.shape)
+        path_name(path): tuple(leaf.shape)
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
         if hasattr(leaf, "shape")
     }
@@ -85,15 +96,7 @@ class Checkpointer:
     def __init__(self, workdir: str | Path, every: int, keep: int, async_save: bool = True):
         self.directory = Path(workdir).resolve() / "checkpoints"
         self.every = max(every, 1)
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            item_handlers=ocp.StandardCheckpointHandler(),
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep,
-                enable_async_checkpointing=async_save,
-                create=True,
-            ),
-        )
+        self.manager = _manager(self.directory, keep, async_save)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -109,7 +112,7 @@ class Checkpointer:
         if not self.due(step, force):
             return False
         with self._write_errors():  # also raises a failure of the previous, background save
-            return self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+            return self.manager.save(step, args=_save_args(state), force=True)
 
     @contextlib.contextmanager
     def _write_errors(self):
@@ -137,20 +140,32 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        stored = self.manager.item_metadata(step)
+        stored = self.manager.item_metadata(step)["default"]
         stored_tree = getattr(stored, "tree", stored)
         if not isinstance(abstract_state, TrainState) or all(k in stored_tree for k in COUNTERS):
             self._check_shapes(step, stored_tree, abstract_state)
-            return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+            return self._restore_checked(step, abstract_state)
         # Written before the skip counters existed: restore the rest, start the counters at 0.
         target = {k: getattr(abstract_state, k) for k in ("step", "params", "opt_state")}
         self._check_shapes(step, stored_tree, target)
-        restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
+        restored = self._restore_checked(step, target)
         zeros = {
             k: jax.device_put(np.zeros((), np.int32), getattr(abstract_state, k).sharding)
             for k in COUNTERS
         }
         return TrainState(**restored, **zeros)
+
+    def _restore_checked(self, step: int, target: Any) -> Any:
+        """Restore and compare the arrays' checksums with the saved ones (when the checkpoint
+        has them: older ones do not)."""
+        items = {"default": ocp.args.StandardRestore(target)}
+        has_sums = (self.directory / str(step) / "checksums").is_dir()
+        if has_sums:
+            items["checksums"] = ocp.args.JsonRestore()
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        if has_sums and (bad := mismatches(restored.checksums, checksums(restored.default))):
+            raise ValueError(mismatch_message(f"checkpoint {self.directory / str(step)}", bad))
+        return restored.default
 
     def restore_latest(
         self, abstract_state: Any, say: Callable[[str], None] = print
@@ -231,13 +246,7 @@ class BestCheckpoint:
             self.history = [(int(s), float(v)) for s, v in past if s <= resume_step]
         self.manager = None
         if keep:
-            self.manager = ocp.CheckpointManager(
-                self.directory,
-                item_handlers=ocp.StandardCheckpointHandler(),
-                options=ocp.CheckpointManagerOptions(
-                    max_to_keep=1, enable_async_checkpointing=False, create=True
-                ),
-            )
+            self.manager = _manager(self.directory, keep=1, async_save=False)
 
     @property
     def best(self) -> tuple[int, float] | None:
@@ -255,7 +264,7 @@ class BestCheckpoint:
         self.history = [h for h in self.history if h[0] != step] + [(step, eval_loss)]
         improved = previous is None or eval_loss < previous[1]
         if improved and self.manager is not None:
-            self.manager.save(step, args=ocp.args.StandardSave({"params": params}), force=True)
+            self.manager.save(step, args=_save_args({"params": params}), force=True)
             self.manager.wait_until_finished()
         if jax.process_index() == 0:
             self.directory.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 from jaxgpt import config as config_lib
 from jaxgpt.checkpoint import UnreadableCheckpointsError, none_readable_message, one_line
 from jaxgpt.data.tokenizer import load_tokenizer
+from jaxgpt.integrity import host_checksums, mismatch_message, mismatches
 from jaxgpt.model import GPT, GPTConfig
 
 
@@ -107,7 +108,18 @@ def _restore_params(directory: Path, step: int | None) -> tuple[dict[str, Any], 
         )
     finally:
         manager.close()
+    _verify(directory / str(step), restored["params"])
     return restored["params"], step
+
+
+def _verify(step_dir: Path, params: dict[str, Any]) -> None:
+    """The params' checksums against those saved with them (checkpoints before checksums
+    existed have none)."""
+    saved = step_dir / "checksums" / "metadata"
+    if saved.is_file():
+        bad = mismatches(json.loads(saved.read_text()), host_checksums(params, "params/"))
+        if bad:
+            raise ValueError(mismatch_message(f"checkpoint {step_dir}", bad))
 
 
 def workdir_config(workdir: str | Path) -> tuple[GPTConfig, dict[str, Any]]:

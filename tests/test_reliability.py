@@ -150,12 +150,18 @@ def test_no_readable_checkpoint_fails_with_what_to_do(small_corpus, tmp_path):
 
 
 def test_a_checkpoint_without_skip_counters_still_restores(tmp_path):
-    """Checkpoints written before the skip counters existed load, counters at 0."""
+    """Checkpoints written before the skip counters and checksums existed load, counters at 0;
+    the params-only restore reads them too."""
     _, _, state, _ = _tiny_state()
-    ckpt = Checkpointer(tmp_path, every=1, keep=2, async_save=False)
     old = {"step": state.step + 7, "params": state.params, "opt_state": state.opt_state}
-    ckpt.manager.save(7, args=ocp.args.StandardSave(old), force=True)
-    ckpt.wait()
+    # The layout jaxgpt wrote before: one item, no checksums, no counters.
+    writer = ocp.CheckpointManager(
+        tmp_path / "checkpoints", item_handlers=ocp.StandardCheckpointHandler()
+    )
+    writer.save(7, args=ocp.args.StandardSave(old), force=True)
+    writer.wait_until_finished()
+    writer.close()
+    ckpt = Checkpointer(tmp_path, every=1, keep=2, async_save=False)
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
     )
@@ -164,6 +170,7 @@ def test_a_checkpoint_without_skip_counters_still_restores(tmp_path):
     assert step == 7 and int(restored.step) == 7 and int(restored.skipped) == 0
     same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), restored.params, state.params)
     assert all(jax.tree.leaves(same))
+    assert restore_params(tmp_path)[1] == 7
 
 
 def test_rerun_after_a_kill_before_the_first_checkpoint_logs_each_step_once(small_corpus, tmp_path):
@@ -260,3 +267,26 @@ def test_readers_fall_back_from_unreadable_params_without_moving_them(small_corp
     _corrupt(workdir / "checkpoints" / "5")
     with pytest.raises(UnreadableCheckpointsError, match="none of the 3 checkpoint"):
         restore_params(workdir, warn=warnings.append)
+
+
+def _flip(step_dir: Path) -> None:
+    """XOR 16 bytes in the middle of every array data file: files that still parse, holding
+    other numbers (what a bad disk leaves; TensorStore alone does not notice)."""
+    for data in step_dir.glob("*/ocdbt.process_*/d/*"):
+        raw = bytearray(data.read_bytes())
+        middle = len(raw) // 2
+        raw[middle : middle + 16] = bytes(b ^ 0xFF for b in raw[middle : middle + 16])
+        data.write_bytes(bytes(raw))
+
+
+def test_flipped_bytes_are_caught_by_the_checksums(small_corpus, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    train(tiny_config(small_corpus, **{"train.steps": 15}), workdir, stop_at=10)
+    _flip(workdir / "checkpoints" / "10")
+    warnings: list[str] = []
+    assert restore_params(workdir, warn=warnings.append)[1] == 5
+    assert "differ from what was saved" in warnings[0], warnings
+    capsys.readouterr()
+    summary = train(tiny_config(small_corpus, **{"train.steps": 15}), workdir)
+    out = capsys.readouterr().out
+    assert summary.start_step == 5 and "differ from what was saved" in out, out

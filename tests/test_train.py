@@ -10,11 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 from jaxgpt import metrics as metrics_lib
 from jaxgpt.run.loop import train
+from jaxgpt.workdir import restore_params
 from tests.helpers import losses, tiny_config
 
 pytestmark = pytest.mark.slow  # trains or exports real runs; not in the fast subset
@@ -72,13 +74,7 @@ def test_resume_is_bitwise(small_corpus, tmp_path):
     assert all(a[s] == b[s] for s in a), {s: (a[s], b[s]) for s in a if a[s] != b[s]}
     assert resumed.eval_loss == train(tiny_config(small_corpus), full).eval_loss  # no-op rerun
 
-    from jaxgpt.checkpoint import Checkpointer
-
-    params = [
-        Checkpointer(d, 5, 3).manager.restore(20)["params"]  # raw arrays, no target needed
-        for d in (full, split)
-    ]
-    import jax
+    params = [restore_params(d, 20)[0] for d in (full, split)]
 
     same = jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), *params)
     assert all(jax.tree.leaves(same))
