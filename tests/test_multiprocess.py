@@ -5,6 +5,7 @@ meshes; a dead process stops the job."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -186,3 +187,20 @@ def test_a_dead_process_stops_the_other(reference):
             procs[0].kill()
     assert code != 0
     print(f"process 0 exited with {code} {time.time() - killed_at:.1f}s after process 1 died")
+
+
+def test_divergence_stops_every_process_at_the_same_step(reference):
+    """lr 1e30 makes the loss NaN within a few steps: both processes stop at the same step with
+    the message and exit 1; no checkpoint is written (the first would be at step 10)."""
+    tmp, corpus, _ = reference
+    port = free_port()
+    workdir = tmp / "diverged"
+    args = train_args(corpus, workdir, 20, "--config.opt.lr=1e30", "--config.opt.warmup_steps=0")
+    procs = [start(args, 2, tmp / f"nan{i}.log", (port, i, 2)) for i in range(2)]
+    codes = [p.wait(300) for p in procs]
+    logs = [(tmp / f"nan{i}.log").read_text() for i in range(2)]
+    assert codes == [1, 1], "\n".join(log[-3000:] for log in logs)
+    stops = [re.search(r"error: step (\d+): the loss or gradient norm is NaN", log) for log in logs]
+    assert all(stops), "\n".join(log[-3000:] for log in logs)
+    assert stops[0].group(1) == stops[1].group(1)
+    assert not [p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
