@@ -121,8 +121,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--injections", type=int, default=100, help="kills in all")
     p.add_argument("--per_trial", type=int, default=5, help="kills per workdir before it ends")
-    p.add_argument("--window", type=float, nargs=2, default=(0.5, 12.0),
-                   help="a kill lands this many seconds after a start (uniform)")  # fmt: skip
+    p.add_argument("--window", type=float, nargs=2,
+                   help="a kill lands this many seconds after a start (uniform); default: "
+                   "5%% to 80%% of the uninterrupted run's wall time")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     rng = random.Random(args.seed)
@@ -133,13 +134,16 @@ def main() -> None:
         if run_to_end(train_command(corpus, clean), Path(tmp) / "clean.log"):
             raise SystemExit((Path(tmp) / "clean.log").read_text()[-3000:])
         reference = train_lines(clean)
-        print(f"uninterrupted run: {len(reference)} steps in {time.perf_counter() - t0:.1f} s")
+        seconds = time.perf_counter() - t0
+        window = tuple(args.window or (0.05 * seconds, 0.8 * seconds))
+        print(f"uninterrupted run: {len(reference)} steps in {seconds:.1f} s; kills land "
+              f"{window[0]:.1f}-{window[1]:.1f} s after a start")  # fmt: skip
         trials: list[Trial] = []
         while sum(len(t.kills) for t in trials) < args.injections:
             workdir = Path(tmp) / f"trial-{len(trials)}"
             left = args.injections - sum(len(t.kills) for t in trials)
             trial = chaos_trial(train_command(corpus, workdir), workdir, reference, rng,
-                                min(args.per_trial, left), tuple(args.window))  # fmt: skip
+                                min(args.per_trial, left), window)  # fmt: skip
             trials.append(trial)
             status = "ok" if not trial.problems else "; ".join(trial.problems)
             print(f"trial {len(trials)}: {len(trial.kills)} kills {trial.kills} "
