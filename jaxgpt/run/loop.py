@@ -70,7 +70,9 @@ def train(
     progress.bar.close()
     summary = _finish(run, evals, progress, meter, (step, result), preemption.requested)
     if guard.message:
-        raise NonFiniteError(guard.message)
+        latest = run.ckpt.latest_step()
+        where = f"step {latest}" if latest is not None else "the start (no checkpoint yet)"
+        raise NonFiniteError(f"{guard.message}\nRerunning the same command resumes from {where}.")
     return summary
 
 

@@ -50,9 +50,10 @@ class NonFiniteGuard:
         new, self.seen = total - self.seen, total
         last, in_row = int(state.last_skipped), int(state.skipped_in_row)
         if self.policy == "stop":
+            more = "" if new == 1 else f" (the latest of {new} such steps since the last check)"
             self.message = (
-                f"step {last}: the loss or gradient norm is NaN or infinite; the update was not "
-                f"applied and the run stops without saving past its last good checkpoint. "
+                f"step {last}: the loss or gradient norm is NaN or infinite{more}; the update was "
+                f"not applied and the run stops without saving past its last good checkpoint. "
                 f"{CAUSES}. To skip such steps instead: --config.train.on_nonfinite=skip"
             )
             return "nonfinite"
