@@ -24,6 +24,7 @@ import optax
 from tokenizers import Tokenizer
 
 from jaxgpt.checkpoint import shapes_by_path
+from jaxgpt.config import check_location
 from jaxgpt.data.tokenizer import load_tokenizer
 from jaxgpt.interop.hf import gpt_config_from_hf, import_hf
 from jaxgpt.model import GPTConfig
@@ -62,6 +63,7 @@ def resolve(spec: str) -> Source:
             f"init_from={spec!r}: expected hf:PATH (a Hugging Face GPT-2 folder) or "
             "workdir:PATH (a jaxgpt run)"
         )
+    check_location(path_text, "init_from")
     path = Path(path_text).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"init_from={spec!r}: {path} is not a directory")

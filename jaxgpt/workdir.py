@@ -124,7 +124,7 @@ def _verify(step_dir: Path, params: dict[str, Any]) -> None:
 
 def workdir_config(workdir: str | Path) -> tuple[GPTConfig, dict[str, Any]]:
     """The resolved GPTConfig of a training run, and its whole config.json."""
-    config_path = Path(workdir) / "config.json"
+    config_path = Path(config_lib.check_location(str(workdir), "workdir")) / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(
             f"{workdir} is not a jaxgpt workdir ({config_path} is missing); "

@@ -23,6 +23,7 @@ from jaxgpt.config.loading import (
     run_config,
     to_json,
 )
+from jaxgpt.config.locations import UnsupportedLocationError, check_location
 from jaxgpt.config.model import GPTConfig, resolve_vocab
 from jaxgpt.config.run import (
     CkptConfig,
@@ -49,8 +50,10 @@ __all__ = [
     "RunConfig",
     "TokenizerConfig",
     "TrainConfig",
+    "UnsupportedLocationError",
     "apply_override",
     "check_config_file",
+    "check_location",
     "config_source",
     "from_dict",
     "load_config_file",

@@ -17,6 +17,7 @@ from typing import Any
 import ml_collections
 
 from jaxgpt.config.loading import ConfigFileError, load_config_file
+from jaxgpt.config.locations import PATH_FLAGS, UnsupportedLocationError, check_location
 
 CONFIG_HELP = (
     "a config file (configs/*.py) or a preset name (tiny, small, ...); then --config.KEY=VALUE "
@@ -58,6 +59,12 @@ def parse_args(
     if overrides and not takes_config:
         parser.error(f"unrecognized arguments: {' '.join('--config.' + k for k, _ in overrides)}")
     args = parser.parse_args(rest)
+    try:
+        for flag in PATH_FLAGS:
+            if isinstance(value := getattr(args, flag, None), str):
+                check_location(value, f"--{flag}")
+    except UnsupportedLocationError as e:
+        parser.exit(1, f"error: {e}\n")
     if takes_config:
         try:
             args.config = load_config_file(args.config)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxgpt.config.locations import check_location
+
 NORMALIZATIONS = ("NFC", "NFKC", "none")
 TOKENIZER_TYPES = ("bpe", "unigram", "char")
 MAX_SHINGLE_SIZE = 8  # word positions jaxgpt.data.dedup has a multiplier for
@@ -89,6 +91,7 @@ class TokenizerConfig:
             )
         if self.vocab_size < 0:
             raise ValueError(f"data.tokenizer.vocab_size must be >= 0, got {self.vocab_size}")
+        check_location(self.path, "data.tokenizer.path")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,3 +126,5 @@ class DataConfig:
             raise ValueError(f"data.format={self.format!r} is not one of {FORMATS}")
         if self.shard_mb <= 0:
             raise ValueError(f"data.shard_mb must be positive, got {self.shard_mb}")
+        check_location(self.path, "data.path")
+        check_location(self.tfds_data_dir, "data.tfds_data_dir")

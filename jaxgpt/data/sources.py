@@ -19,6 +19,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from jaxgpt.config import check_location
 from jaxgpt.data import readers
 from jaxgpt.data.inputs import (  # noqa: F401  (re-exported: sources.Source, sources.ReadStats)
     BUILT_IN,
@@ -46,6 +47,7 @@ def parse_sources(spec: str) -> list[Source]:
             )
         if kind not in BUILT_IN and not path:
             raise ValueError(f"data.sources: {item!r} needs a path, as in {kind}:PATH")
+        check_location(path, f"data.sources ({kind})")
         if kind == "tfds":
             readers.parse_tfds_spec(path)  # a dataset name, not a path: checked when read
         elif kind not in BUILT_IN and not glob.glob(os.path.expanduser(path)):

@@ -120,7 +120,7 @@ def setup_training(config: ml_collections.ConfigDict, workdir: str | Path) -> Tr
         notes = init_from_lib.apply_to_config(config, source)
     rc = config_lib.run_config(config)
     cpu_note = start_runtime(rc, (rc.train.micro_batch_size, eval_batch_size(rc.train)))
-    workdir = Path(workdir)
+    workdir = Path(config_lib.check_location(str(workdir), "workdir"))
     workdir.mkdir(parents=True, exist_ok=True)
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
     if cpu_note:
