@@ -71,14 +71,15 @@ class ServerProcess:
                 cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
             )
 
-    def wait_ready(self, timeout: float = 600) -> float:
-        """Seconds until /health said ready; RuntimeError (with the log) if it never did."""
+    def wait_ready(self, headers: dict[str, str] | None = None, timeout: float = 600) -> float:
+        """Seconds until /health said ready (sent with `headers`, e.g. an API key);
+        RuntimeError (with the log) if it never did."""
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+                if httpx.get(self.url + "/health", headers=headers, timeout=5).status_code == 200:
                     return time.monotonic() - start
             except httpx.TransportError:
                 pass

@@ -74,6 +74,13 @@ def move_aside(step_dir: Path) -> Path:
     return target
 
 
+def committed_steps(directory: Path) -> list[int]:
+    """Steps with a finished checkpoint directory (Orbax's temporary ones are not digits)."""
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 def none_readable_message(directory: Path, problems: list[tuple[int, str]]) -> str:
     listed = "\n".join(f"  step {step}: {why}" for step, why in problems)
     return (
@@ -122,9 +129,7 @@ class Checkpointer:
         try:
             yield
         except Exception as e:
-            committed = sorted(
-                int(p.name) for p in self.directory.iterdir() if p.is_dir() and p.name.isdigit()
-            )
+            committed = committed_steps(self.directory)
             resume = f"resume from step {committed[-1]}" if committed else "start over"
             why = one_line(e)
             if "No space left on device" in str(e) or "os_error_code='28'" in str(e):

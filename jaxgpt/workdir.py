@@ -14,7 +14,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxgpt import config as config_lib
-from jaxgpt.checkpoint import UnreadableCheckpointsError, none_readable_message, one_line
+from jaxgpt.checkpoint import (
+    UnreadableCheckpointsError,
+    committed_steps,
+    none_readable_message,
+    one_line,
+)
 from jaxgpt.data.tokenizer import load_tokenizer
 from jaxgpt.integrity import host_checksums, mismatch_message, mismatches
 from jaxgpt.model import GPT, GPTConfig
@@ -48,15 +53,14 @@ def restore_params(
     evaluate) may run next to the training that owns the workdir.
     """
     root = Path(workdir).resolve()
-    best = root / "best"
+    best, checkpoints = root / "best", root / "checkpoints"
     if step is not None:
-        if step in _steps(best):
+        if step in committed_steps(best):
             return _restore_params(best, step)
-        return _restore_params(root / "checkpoints", step)
-    candidates = [(best, s) for s in reversed(_steps(best))]
-    candidates += [(root / "checkpoints", s) for s in reversed(_steps(root / "checkpoints"))]
+        return _restore_params(checkpoints, step)
+    candidates = [(d, s) for d in (best, checkpoints) for s in reversed(committed_steps(d))]
     if not candidates:
-        raise FileNotFoundError(f"no checkpoints in {root / 'checkpoints'}")
+        raise FileNotFoundError(f"no checkpoints in {checkpoints}")
     problems = []
     for directory, candidate in candidates:
         try:
@@ -71,12 +75,6 @@ def restore_params(
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
-
-
-def _steps(directory: Path) -> list[int]:
-    if not directory.is_dir():
-        return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 def _restore_params(directory: Path, step: int | None) -> tuple[dict[str, Any], int]:

@@ -203,13 +203,21 @@ def test_a_resumed_run_logs_each_step_once_in_metrics_and_tensorboard(small_corp
     assert steps == list(range(1, 11)), steps
 
 
+SMALL_DISK_BYTES = 2500 * 1024
+
+
+def _disk_bytes(directory: Path) -> int:
+    """Space the files under `directory` take on disk (whole blocks, as tmpfs counts them)."""
+    return sum(p.stat().st_blocks * 512 for p in directory.rglob("*") if p.is_file())
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 2.5 MB tmpfs: a real full disk for Orbax's and our own writes (needs root)."""
     disk = tmp_path / "disk"
     disk.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2500k", "tmpfs", str(disk)],
+        ["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK_BYTES}", "tmpfs", str(disk)],
         capture_output=True,
         text=True,
     )
@@ -228,8 +236,12 @@ def test_a_full_disk_fails_clearly_and_a_rerun_after_freeing_space_resumes(
     settings = {"train.steps": 20, "ckpt.keep": 1, "data.path": str(tmp_path / "data")}
     reference = tmp_path / "reference"
     train(tiny_config(small_corpus, **settings), reference)
+    # Leave room for the run's small files and 1.5 checkpoints: the first checkpoint fits, the
+    # second (written before the first is rotated out, ckpt.keep=1) does not.
+    checkpoint = _disk_bytes(reference / "checkpoints" / "20")
+    others = _disk_bytes(reference) - checkpoint
     filler = small_disk / "filler"
-    filler.write_bytes(b"\0" * 1_000_000)
+    filler.write_bytes(b"\0" * (SMALL_DISK_BYTES - others - int(1.5 * checkpoint)))
     workdir = small_disk / "run"
     with pytest.raises((CheckpointWriteError, OSError)) as e:
         train(tiny_config(small_corpus, **settings), workdir)

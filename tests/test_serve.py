@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,9 +20,13 @@ import pytest
 from jaxgpt.run.loop import train
 from jaxgpt.serve.text import TextStream
 
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from serve_abuse import ServerProcess  # noqa: E402  (tests and benchmarks start servers one way)
+
 pytestmark = pytest.mark.e2e  # starts processes or servers (see pyproject.toml markers)
 
-REPO = Path(__file__).resolve().parent.parent
 KEY = "test-key-0123456789"
 
 
@@ -57,47 +60,9 @@ def jax_cache(tmp_path_factory) -> dict[str, str]:
     }
 
 
-class Server:
-    """A server subprocess on a free loopback port, ready once /health says so."""
-
-    def __init__(self, workdir: Path, log: Path, *flags: str, env: dict[str, str] | None = None):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        cmd = [sys.executable, "-m", "jaxgpt.serve", "--workdir", str(workdir),
-               "--port", str(self.port), *flags]  # fmt: skip
-        with open(log, "w") as out:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=plain_env(**(env or {})),
-                                         stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-
-    def wait_ready(self, headers: dict[str, str] | None = None, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"server exited {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(self.url + "/health", headers=headers, timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        pytest.fail(f"server not ready after {timeout}s:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def server(run_dir, tmp_path_factory, jax_cache):
-    srv = Server(run_dir, tmp_path_factory.mktemp("logs") / "server.log", env=jax_cache)
+    srv = ServerProcess(run_dir, tmp_path_factory.mktemp("logs") / "server.log", env=jax_cache)
     try:
         srv.wait_ready()
         yield srv
@@ -215,7 +180,7 @@ def test_a_sliding_row_leaves_its_batch_neighbours_alone(server):
         assert reply["usage"]["prompt_tokens"] + reply["usage"]["completion_tokens"] > 128
 
 
-def metric(srv: Server, name: str, headers: dict[str, str] | None = None) -> float:
+def metric(srv: ServerProcess, name: str, headers: dict[str, str] | None = None) -> float:
     """One unlabelled value from /metrics."""
     text = httpx.get(srv.url + "/metrics", headers=headers).text
     return float(next(x for x in text.splitlines() if x.startswith(name + " ")).split()[-1])
@@ -321,7 +286,7 @@ def test_models_health_metrics(server, client):
 def guarded(run_dir, tmp_path_factory, jax_cache):
     """A server with an API key and slowed-down steps, so requests are still running when the
     test sends SIGTERM or fills the queue."""
-    srv = Server(run_dir, tmp_path_factory.mktemp("logs") / "guarded.log", "--api_key_env",
+    srv = ServerProcess(run_dir, tmp_path_factory.mktemp("logs") / "guarded.log", "--api_key_env",
                  "JAXGPT_TEST_KEY", "--step_delay_ms", "50", "--max_queue", "40",
                  env={"JAXGPT_TEST_KEY": KEY, **jax_cache})  # fmt: skip
     try:
@@ -346,7 +311,7 @@ def test_api_key_required(guarded):
     assert right.completions.create(model="run", prompt="hi", max_tokens=2).usage.total_tokens
 
 
-def waiting(srv: Server, headers: dict[str, str]) -> int:
+def waiting(srv: ServerProcess, headers: dict[str, str]) -> int:
     return int(metric(srv, "jaxgpt_queue_waiting_choices", headers))
 
 
