@@ -203,9 +203,6 @@ def test_a_resumed_run_logs_each_step_once_in_metrics_and_tensorboard(small_corp
     assert steps == list(range(1, 11)), steps
 
 
-SMALL_DISK_BYTES = 2500 * 1024
-
-
 def _disk_bytes(directory: Path) -> int:
     """Space the files under `directory` take on disk (whole blocks, as tmpfs counts them)."""
     return sum(p.stat().st_blocks * 512 for p in directory.rglob("*") if p.is_file())
@@ -217,7 +214,7 @@ def small_disk(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK_BYTES}", "tmpfs", str(disk)],
+        ["mount", "-t", "tmpfs", "-o", "size=2500k", "tmpfs", str(disk)],
         capture_output=True,
         text=True,
     )
@@ -234,14 +231,17 @@ def test_a_full_disk_fails_clearly_and_a_rerun_after_freeing_space_resumes(
     that says the committed checkpoints are intact and what to do; they restore; after space is
     freed the same command resumes and logs the same losses as a run that never failed."""
     settings = {"train.steps": 20, "ckpt.keep": 1, "data.path": str(tmp_path / "data")}
-    reference = tmp_path / "reference"
-    train(tiny_config(small_corpus, **settings), reference)
-    # Leave room for the run's small files and 1.5 checkpoints: the first checkpoint fits, the
-    # second (written before the first is rotated out, ckpt.keep=1) does not.
-    checkpoint = _disk_bytes(reference / "checkpoints" / "20")
-    others = _disk_bytes(reference) - checkpoint
+    # The uninterrupted run, made on the small disk itself so its size is measured as that
+    # file system counts it, then moved off it.
+    train(tiny_config(small_corpus, **settings), small_disk / "reference")
+    checkpoint = _disk_bytes(small_disk / "reference" / "checkpoints" / "20")
+    needed = _disk_bytes(small_disk / "reference")  # its small files and one checkpoint
+    reference = Path(shutil.move(small_disk / "reference", tmp_path / "reference"))
+    # Room for the small files and 1.5 checkpoints: the first checkpoint fits, the second
+    # (written before the first is rotated out, ckpt.keep=1) does not.
+    free = shutil.disk_usage(small_disk).free
     filler = small_disk / "filler"
-    filler.write_bytes(b"\0" * (SMALL_DISK_BYTES - others - int(1.5 * checkpoint)))
+    filler.write_bytes(b"\0" * (free - needed - checkpoint // 2))
     workdir = small_disk / "run"
     with pytest.raises((CheckpointWriteError, OSError)) as e:
         train(tiny_config(small_corpus, **settings), workdir)
