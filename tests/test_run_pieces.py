@@ -67,12 +67,22 @@ def test_meter_counts_input_wait_but_not_the_first_fetch():
 
 
 def test_meter_restart_starts_a_new_window():
+    """An evaluation's time is no step's; the step pending across it is read untimed (its
+    window was discarded), and the next read is timed from the restart."""
     meter = StepMeter(100, 6.0, 1, None)
     meter.dispatched(1, _metrics(1), log=True)
     time.sleep(0.05)  # e.g. an evaluation: not step time
     meter.restart()
-    _, values = meter.dispatched(2, _metrics(2), log=True)
-    assert values["step_time_s"] < 0.04
+    step, values = meter.dispatched(2, _metrics(2), log=True)
+    assert step == 1 and "step_time_s" not in values and float(values["loss"]) == 9.0
+    time.sleep(0.02)  # step 2's work
+    step, values = meter.dispatched(3, _metrics(3), log=False)
+    assert step == 2 and 0.005 < values["step_time_s"] < 0.04  # (0.02 s) / 2 steps
+    assert meter.step_times == [values["step_time_s"]]
+    meter.dispatched(4, _metrics(4), log=True)
+    meter.restart()
+    step, values = meter.read_now()  # before a checkpoint: untimed too
+    assert step == 4 and "step_time_s" not in values
 
 
 def test_sigterm_becomes_a_stop_reason_and_the_handler_is_restored():

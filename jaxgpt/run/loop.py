@@ -55,6 +55,7 @@ def train(
                 log(read := meter.dispatched(step, metrics, step % tc.log_every == 0 or at_end))
                 reason = guard.after_read(read, state)
                 if not reason and ((tc.eval_every and step % tc.eval_every == 0) or at_end):
+                    log(meter.read_now())  # timed now: the evaluation waits for the step anyway
                     result = _evaluate(evals, step, state.params, say)
                     meter.restart()
                 early = "early" if evals.out_of_patience() else None

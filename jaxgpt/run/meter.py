@@ -43,6 +43,8 @@ class StepMeter:
         self._window_start = time.perf_counter()
         self._window_steps = 0
         self._window_wait = 0.0
+        # A step still pending now was timed by the window just discarded: read it untimed.
+        self._pending_untimed = self._pending is not None
 
     def next_batch(self, batches: Iterator, count_wait: bool = True) -> Any:
         """The next batch or None; time blocked here is time the device could have been busy.
@@ -61,7 +63,10 @@ class StepMeter:
         """Call right after dispatching `step`. Returns (step, values) of the previous logged
         step, read now with its window's timing; remembers this step's metrics if `log`."""
         self._window_steps += 1
-        read = self._read_timed() if self._pending is not None else None
+        read = None
+        if self._pending is not None:
+            read = self.flush() if self._pending_untimed else self._read_timed()
+            self._pending_untimed = False
         if log:
             self._pending = (step, metrics)
         return read
@@ -69,7 +74,10 @@ class StepMeter:
     def read_now(self) -> tuple[int, dict] | None:
         """The pending step's values with its window's timing, read now (a wait for that step):
         before work that needs the step done anyway, such as its checkpoint."""
-        return self._read_timed() if self._pending is not None else None
+        if self._pending is None:
+            return None
+        untimed, self._pending_untimed = self._pending_untimed, False
+        return self.flush() if untimed else self._read_timed()
 
     def flush(self) -> tuple[int, dict] | None:
         """The last logged step's values (no timing: no later step was dispatched)."""
