@@ -118,6 +118,17 @@ def get_config() -> ml_collections.ConfigDict:
     # "skip": go on (step counter and batch order advance) until train.max_skipped in a row.
     c.train.on_nonfinite = "stop"
     c.train.max_skipped = 10  # "skip": consecutive skipped steps that end the run
+    # Weights & Biases tracking (pip install 'jaxgpt[wandb]'): process 0 logs the resolved
+    # config, the metrics.jsonl scalars, the eval samples, the loss plot and the summary; a
+    # resumed run continues the same W&B run (its id is kept in WORKDIR/wandb.json).
+    c.train.wandb = ml_collections.ConfigDict()
+    c.train.wandb.project = ""  # W&B project; "" = no tracking (the default)
+    c.train.wandb.entity = ""  # W&B user or team ("" = your default entity)
+    c.train.wandb.name = ""  # run name shown in W&B ("" = W&B picks one)
+    c.train.wandb.tags = ()  # run tags, e.g. ("baseline", "v2"); on the command line: a,b
+    # online | offline (files under WORKDIR/wandb, no account; upload with `wandb sync`) |
+    # disabled | "" (= $WANDB_MODE, else online)
+    c.train.wandb.mode = ""
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # data-parallel axis size (-1 = all devices left over)

@@ -1,7 +1,9 @@
 """Orbax checkpoints of the train state: periodic async saves, keep-N, resume, shape checks.
 
-Orbax writes each checkpoint to a temporary directory and renames it when complete, so a crash or
-kill mid-save leaves the previous checkpoints intact and the partial one is never restored. A
+On a file system Orbax writes each checkpoint to a temporary directory and renames it when
+complete; in a bucket (gs://, s3://: no directory renames) it writes the step in place and then
+a `commit_success.txt`, and a step without it is never listed. Either way a crash or kill
+mid-save leaves the previous checkpoints intact and the partial one is never restored. A
 checkpoint that is complete but cannot be read (a bad disk, an interrupted copy) is named, moved
 aside to WORKDIR/checkpoints.unreadable, and the next older one is restored instead.
 """
@@ -19,11 +21,28 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxgpt import orbax_s3, storage
+from jaxgpt.config import AnyPath, absolute, is_remote, location
 from jaxgpt.integrity import checksums, mismatch_message, mismatches, path_name
 from jaxgpt.state import COUNTERS, TrainState
 
+COMMIT_FILE = "commit_success.txt"  # Orbax's mark of a finished step in a bucket
 
-def _manager(directory: Path, keep: int, async_save: bool) -> ocp.CheckpointManager:
+
+def manager_options(directory: AnyPath, **options: Any) -> ocp.CheckpointManagerOptions:
+    """Options for a manager of `directory`; every writer and reader of a bucket directory must
+    use these, or a reader could list a step whose upload never finished."""
+    if is_remote(directory):
+        if str(directory).startswith("s3://"):
+            orbax_s3.enable()
+        # Buckets cannot rename directories: write in place, then the commit file.
+        options["atomicity_options"] = ocp.options.AtomicityOptions(
+            mode=ocp.options.AtomicityMode.COMMIT_FILE
+        )
+    return ocp.CheckpointManagerOptions(**options)
+
+
+def _manager(directory: AnyPath, keep: int, async_save: bool) -> ocp.CheckpointManager:
     """Two items per step: the arrays ('default', as before checksums existed) and their
     checksums (jaxgpt.integrity), so a restore can prove it got what was saved."""
     return ocp.CheckpointManager(
@@ -32,8 +51,8 @@ def _manager(directory: Path, keep: int, async_save: bool) -> ocp.CheckpointMana
             "default": ocp.StandardCheckpointHandler(),
             "checksums": ocp.JsonCheckpointHandler(),
         },
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+        options=manager_options(
+            directory, max_to_keep=keep, enable_async_checkpointing=async_save, create=True
         ),
     )
 
@@ -63,22 +82,32 @@ def one_line(error: BaseException, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def move_aside(step_dir: Path) -> Path:
+def move_aside(step_dir: AnyPath) -> AnyPath:
     """Move an unreadable step directory to a sibling DIR.unreadable/STEP (never deleted)."""
-    aside_root = step_dir.parent.with_name(step_dir.parent.name + ".unreadable")
+    aside_root = step_dir.parent.parent / (step_dir.parent.name + ".unreadable")
     aside_root.mkdir(parents=True, exist_ok=True)
     target, n = aside_root / step_dir.name, 1
     while target.exists():
         target, n = aside_root / f"{step_dir.name}.{n}", n + 1
-    shutil.move(str(step_dir), str(target))
+    if is_remote(step_dir):  # a prefix of objects: copy, then delete (what mv does there)
+        fs, key = storage.filesystem(step_dir)
+        fs.mv(key, storage.filesystem(target)[1], recursive=True)
+    else:
+        shutil.move(str(step_dir), str(target))
     return target
 
 
-def committed_steps(directory: Path) -> list[int]:
-    """Steps with a finished checkpoint directory (Orbax's temporary ones are not digits)."""
+def committed_steps(directory: AnyPath) -> list[int]:
+    """Steps with a finished checkpoint (Orbax's temporary directories are not digits; in a
+    bucket a step is finished once its commit file is there)."""
     if not directory.is_dir():
         return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+    remote = is_remote(directory)
+    return sorted(
+        int(p.name)
+        for p in directory.iterdir()
+        if p.name.isdigit() and ((p / COMMIT_FILE).exists() if remote else p.is_dir())
+    )
 
 
 def none_readable_message(directory: Path, problems: list[tuple[int, str]]) -> str:
@@ -100,8 +129,8 @@ def shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
 class Checkpointer:
     """Saves and restores the train state under WORKDIR/checkpoints."""
 
-    def __init__(self, workdir: str | Path, every: int, keep: int, async_save: bool = True):
-        self.directory = Path(workdir).resolve() / "checkpoints"
+    def __init__(self, workdir: str | AnyPath, every: int, keep: int, async_save: bool = True):
+        self.directory = absolute(location(workdir, "workdir")) / "checkpoints"
         self.every = max(every, 1)
         self.manager = _manager(self.directory, keep, async_save)
 
@@ -241,8 +270,8 @@ class BestCheckpoint:
     (best.json) that early stopping counts from. Survives restarts: history past the step a run
     resumes from is dropped, since those evals are redone."""
 
-    def __init__(self, workdir: str | Path, keep: bool, resume_step: int = 0):
-        self.directory = Path(workdir).resolve() / "best"
+    def __init__(self, workdir: str | AnyPath, keep: bool, resume_step: int = 0):
+        self.directory = absolute(location(workdir, "workdir")) / "best"
         self.keep = keep
         self.history: list[tuple[int, float]] = []
         record = self.directory / "best.json"
@@ -272,14 +301,19 @@ class BestCheckpoint:
             self.manager.save(step, args=_save_args({"params": params}), force=True)
             self.manager.wait_until_finished()
         if jax.process_index() == 0:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = self.directory / "best.json.tmp"
-            best_step, best_loss = self.best
-            tmp.write_text(
-                json.dumps({"step": best_step, "eval_loss": best_loss, "history": self.history})
-            )
-            tmp.replace(self.directory / "best.json")  # atomic: a kill never leaves half a file
+            self._write_record()
         return improved
+
+    def _write_record(self) -> None:
+        best_step, best_loss = self.best
+        text = json.dumps({"step": best_step, "eval_loss": best_loss, "history": self.history})
+        if is_remote(self.directory):  # one PUT: the object is replaced whole or not at all
+            (self.directory / "best.json").write_text(text)
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / "best.json.tmp"
+        tmp.write_text(text)
+        tmp.replace(self.directory / "best.json")  # atomic: a kill never leaves half a file
 
     def close(self) -> None:
         if self.manager is not None:

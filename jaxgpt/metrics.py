@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -13,6 +15,9 @@ from typing import Any
 import jax
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
+
+from jaxgpt import storage
+from jaxgpt.config import AnyPath, absolute, is_remote, location
 
 MFU_FORMULA = "MFU = (6·N + 12·L·H·Q·T) · tokens/s / (devices · peak FLOP/s), N without wpe"
 
@@ -58,7 +63,8 @@ class EventFile:
     def __init__(self, directory: Path):
         directory.mkdir(parents=True, exist_ok=True)
         name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}"
-        self._records = RecordWriter((directory / name).open("wb"))
+        self.path = directory / name
+        self._records = RecordWriter(self.path.open("wb"))
         self.add(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def add(self, event: event_pb2.Event) -> None:
@@ -70,16 +76,31 @@ class EventFile:
 
 
 class MetricsWriter:
-    """Appends one JSON object per line to metrics.jsonl and mirrors scalars to TensorBoard."""
+    """Appends one JSON object per line to metrics.jsonl and mirrors scalars to TensorBoard.
 
-    def __init__(self, workdir: str | Path, enabled: bool = True, start_step: int = 0):
+    Object stores cannot append: for a workdir in a bucket both files are written in a local
+    folder that stands in for it and uploaded whole (each upload replaces the object at once) by
+    sync(), which runs before every checkpoint, every SYNC_EVERY_S seconds and at close."""
+
+    SYNC_EVERY_S = 30.0
+
+    def __init__(self, workdir: str | AnyPath, enabled: bool = True, start_step: int = 0):
         """start_step: the step the run resumes from; TensorBoard drops what earlier runs
         logged past it (those steps are redone), as truncate_metrics does for metrics.jsonl."""
         self.enabled = enabled
-        self.path = Path(workdir) / "metrics.jsonl"
+        self.remote = location(workdir, "workdir") if is_remote(workdir) else None
+        local = Path(workdir) if self.remote is None else storage.local_stand_in(workdir, "runs")
+        self.path = local / "metrics.jsonl"
         self._tb = None
+        self._synced_at = time.monotonic()
         if enabled:
-            self._tb = EventFile(Path(workdir) / "tensorboard")
+            if self.remote is not None:  # continue from the (already truncated) bucket copy
+                remote_metrics = self.remote / "metrics.jsonl"
+                self.path.write_bytes(
+                    remote_metrics.read_bytes() if remote_metrics.is_file() else b""
+                )
+                shutil.rmtree(local / "tensorboard", ignore_errors=True)  # earlier sessions'
+            self._tb = EventFile(local / "tensorboard")
             # A SessionLog START at step s makes TensorBoard purge older events of step >= s.
             start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
             self._tb.add(
@@ -110,11 +131,23 @@ class MetricsWriter:
                 wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=scalars)
             )
         )
+        if self.remote is not None and time.monotonic() - self._synced_at > self.SYNC_EVERY_S:
+            self.sync()
+
+    def sync(self) -> None:
+        """Upload metrics.jsonl and this session's event file (bucket workdirs only)."""
+        if not self.enabled or self.remote is None:
+            return
+        storage.upload_file(self.path, self.remote / "metrics.jsonl")
+        events = self._tb.path
+        storage.upload_file(events, self.remote / "tensorboard" / events.name)
+        self._synced_at = time.monotonic()
 
     def close(self) -> None:
         if self.enabled:
             self._file.close()
             self._tb.close()
+            self.sync()
 
 
 def _plain(value: Any) -> Any:
@@ -125,9 +158,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def read_metrics(workdir: str | Path) -> list[dict]:
+def read_metrics(workdir: str | AnyPath) -> list[dict]:
     """The records of metrics.jsonl; a line a kill cut short (not JSON) is left out."""
-    path = Path(workdir) / "metrics.jsonl"
+    path = location(workdir, "workdir") / "metrics.jsonl"
     if not path.is_file():
         return []
     records = []
@@ -139,13 +172,16 @@ def read_metrics(workdir: str | Path) -> list[dict]:
     return records
 
 
-def truncate_metrics(workdir: str | Path, last_step: int) -> None:
+def truncate_metrics(workdir: str | AnyPath, last_step: int) -> None:
     """Keep only the lines of steps <= last_step (and drop torn ones), replacing the file
     atomically: a run resumed from last_step writes the later steps again, exactly once."""
-    path = Path(workdir) / "metrics.jsonl"
+    path = location(workdir, "workdir") / "metrics.jsonl"
     if not path.is_file():
         return
     keep = [r for r in read_metrics(workdir) if r.get("step", 0) <= last_step]
+    if is_remote(path):  # one PUT replaces the object whole
+        path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        return
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in keep))
@@ -154,7 +190,7 @@ def truncate_metrics(workdir: str | Path, last_step: int) -> None:
     tmp.replace(path)
 
 
-def plot_losses(workdir: str | Path) -> Path | None:
+def plot_losses(workdir: str | AnyPath) -> AnyPath | None:
     """Write WORKDIR/loss.png: training loss and validation loss against step."""
     records = read_metrics(workdir)
     train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
@@ -173,11 +209,13 @@ def plot_losses(workdir: str | Path) -> Path | None:
         ax.plot(*zip(*val, strict=True), "o-", label="validation loss")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title(Path(workdir).resolve().name)
+    ax.set_title(absolute(location(workdir, "workdir")).name)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = Path(workdir) / "loss.png"
-    fig.savefig(out)
+    out = location(workdir, "workdir") / "loss.png"
+    image = io.BytesIO()
+    fig.savefig(image, format="png")
+    out.write_bytes(image.getvalue())
     plt.close(fig)
     return out

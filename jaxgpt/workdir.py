@@ -6,7 +6,6 @@ import dataclasses
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -14,13 +13,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxgpt import config as config_lib
+from jaxgpt import storage
 from jaxgpt.checkpoint import (
     UnreadableCheckpointsError,
     committed_steps,
+    manager_options,
     none_readable_message,
     one_line,
 )
-from jaxgpt.data.tokenizer import load_tokenizer
+from jaxgpt.config import AnyPath
+from jaxgpt.data.tokenizer import tokenizer_from_bytes
 from jaxgpt.integrity import host_checksums, mismatch_message, mismatches
 from jaxgpt.model import GPT, GPTConfig
 
@@ -29,7 +31,7 @@ from jaxgpt.model import GPT, GPTConfig
 class Run:
     """What a workdir holds, loaded for inference on the local devices."""
 
-    path: Path
+    path: AnyPath
     config: dict
     model: GPT
     params: Any
@@ -42,7 +44,7 @@ class Run:
 
 
 def restore_params(
-    workdir: str | Path, step: int | None = None, warn: Callable[[str], None] | None = None
+    workdir: str | AnyPath, step: int | None = None, warn: Callable[[str], None] | None = None
 ) -> tuple[dict[str, Any], int]:
     """Just the params of a checkpoint, as numpy arrays on the host.
 
@@ -52,7 +54,7 @@ def restore_params(
     tried (best, then checkpoints newest first); nothing is moved, since readers (serve,
     evaluate) may run next to the training that owns the workdir.
     """
-    root = Path(workdir).resolve()
+    root = config_lib.absolute(config_lib.location(workdir, "workdir"))
     best, checkpoints = root / "best", root / "checkpoints"
     if step is not None:
         if step in committed_steps(best):
@@ -77,13 +79,13 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _restore_params(directory: Path, step: int | None) -> tuple[dict[str, Any], int]:
+def _restore_params(directory: AnyPath, step: int | None) -> tuple[dict[str, Any], int]:
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoints in {directory}")
     manager = ocp.CheckpointManager(
         directory,
         item_handlers=ocp.PyTreeCheckpointHandler(),
-        options=ocp.CheckpointManagerOptions(create=False),
+        options=manager_options(directory, create=False),
     )
     try:
         steps = manager.all_steps()
@@ -110,7 +112,7 @@ def _restore_params(directory: Path, step: int | None) -> tuple[dict[str, Any], 
     return restored["params"], step
 
 
-def _verify(step_dir: Path, params: dict[str, Any]) -> None:
+def _verify(step_dir: AnyPath, params: dict[str, Any]) -> None:
     """The params' checksums against those saved with them (checkpoints before checksums
     existed have none)."""
     saved = step_dir / "checksums" / "metadata"
@@ -120,9 +122,10 @@ def _verify(step_dir: Path, params: dict[str, Any]) -> None:
             raise ValueError(mismatch_message(f"checkpoint {step_dir}", bad))
 
 
-def workdir_config(workdir: str | Path) -> tuple[GPTConfig, dict[str, Any]]:
+def workdir_config(workdir: str | AnyPath) -> tuple[GPTConfig, dict[str, Any]]:
     """The resolved GPTConfig of a training run, and its whole config.json."""
-    config_path = Path(config_lib.check_location(str(workdir), "workdir")) / "config.json"
+    config_path = config_lib.location(workdir, "workdir") / "config.json"
+    storage.check_readable(config_path.parent, "workdir")
     if not config_path.is_file():
         raise FileNotFoundError(
             f"{workdir} is not a jaxgpt workdir ({config_path} is missing); "
@@ -132,10 +135,10 @@ def workdir_config(workdir: str | Path) -> tuple[GPTConfig, dict[str, Any]]:
     return config_lib.model_config(config["model"], config["model"]["vocab_size"]), config
 
 
-def load_run(workdir: str | Path, step: int | None = None) -> Run:
+def load_run(workdir: str | AnyPath, step: int | None = None) -> Run:
     """Config from config.json, params (see restore_params: best, else latest, or `step`),
     and the tokenizer."""
-    path = Path(workdir)
+    path = config_lib.location(workdir, "workdir")
     model_cfg, config = workdir_config(path)
     params, step = restore_params(path, step)
     tokenizer_files = [path / n for n in ("tokenizer.json", "tokenizer.model")]
@@ -143,5 +146,5 @@ def load_run(workdir: str | Path, step: int | None = None) -> Run:
     if tokenizer_file is None:
         raise FileNotFoundError(f"{path} has no tokenizer.model or tokenizer.json")
     eot_token = config.get("data", {}).get("tokenizer", {}).get("eot_token", "")
-    tokenizer = load_tokenizer(tokenizer_file, eot_token)
+    tokenizer = tokenizer_from_bytes(tokenizer_file.name, tokenizer_file.read_bytes(), eot_token)
     return Run(path, config, GPT(model_cfg), params, tokenizer, step)

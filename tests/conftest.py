@@ -58,3 +58,8 @@ def small_corpus(tmp_path: Path) -> Path:
     path = tmp_path / "corpus.txt"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+# Object-storage servers on loopback (tests/storage_servers.py): `bucket` gives a fresh gs:// and
+# s3:// bucket per test.
+from tests.storage_servers import bucket, storage_servers  # noqa: E402, F401

@@ -23,7 +23,14 @@ from jaxgpt.config.loading import (
     run_config,
     to_json,
 )
-from jaxgpt.config.locations import UnsupportedLocationError, check_location
+from jaxgpt.config.locations import (
+    AnyPath,
+    UnsupportedLocationError,
+    absolute,
+    check_location,
+    is_remote,
+    location,
+)
 from jaxgpt.config.model import GPTConfig, resolve_vocab
 from jaxgpt.config.run import (
     CkptConfig,
@@ -36,6 +43,7 @@ from jaxgpt.config.run import (
 from jaxgpt.config.tree import ConfigKeyError, from_dict
 
 __all__ = [
+    "AnyPath",
     "CkptConfig",
     "CleanConfig",
     "ConfigFileError",
@@ -51,12 +59,15 @@ __all__ = [
     "TokenizerConfig",
     "TrainConfig",
     "UnsupportedLocationError",
+    "absolute",
     "apply_override",
     "check_config_file",
     "check_location",
     "config_source",
     "from_dict",
+    "is_remote",
     "load_config_file",
+    "location",
     "make_parser",
     "model_config",
     "override",

@@ -17,7 +17,12 @@ from typing import Any
 import ml_collections
 
 from jaxgpt.config.loading import ConfigFileError, load_config_file
-from jaxgpt.config.locations import PATH_FLAGS, UnsupportedLocationError, check_location
+from jaxgpt.config.locations import (
+    LOCAL_ONLY_FLAGS,
+    PATH_FLAGS,
+    UnsupportedLocationError,
+    check_location,
+)
 
 CONFIG_HELP = (
     "a config file (configs/*.py) or a preset name (tiny, small, ...); then --config.KEY=VALUE "
@@ -62,7 +67,7 @@ def parse_args(
     try:
         for flag in PATH_FLAGS:
             if isinstance(value := getattr(args, flag, None), str):
-                check_location(value, f"--{flag}")
+                check_location(value, f"--{flag}", remote_ok=flag not in LOCAL_ONLY_FLAGS)
     except UnsupportedLocationError as e:
         parser.exit(1, f"error: {e}\n")
     if takes_config:

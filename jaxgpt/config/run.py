@@ -10,6 +10,7 @@ from jaxgpt.config.model import GPTConfig
 
 OPTIMIZERS = ("adamw", "adam", "adabelief")
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
+WANDB_MODES = ("", "online", "offline", "disabled")  # "": WANDB_MODE, else online
 Rules = tuple[tuple[str, Any], ...]  # (logical axis name, mesh axis | None | tuple of axes)
 DEFAULT_RULES: Rules = (
     ("batch", ("data", "fsdp")),
@@ -62,6 +63,33 @@ class OptConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class WandbConfig:
+    """Weights & Biases tracking (jaxgpt/tracking.py); off while project is ""."""
+
+    project: str = ""
+    entity: str = ""
+    name: str = ""
+    tags: tuple[str, ...] = ()
+    mode: str = ""
+
+    def __post_init__(self):
+        if self.mode not in WANDB_MODES:
+            raise ValueError(
+                f'train.wandb.mode must be "online", "offline", "disabled" or "" (WANDB_MODE, '
+                f"else online), got {self.mode!r}"
+            )
+        if isinstance(self.tags, str) or not all(isinstance(t, str) for t in self.tags):
+            raise ValueError(
+                f"train.wandb.tags must be a tuple of strings, e.g. ('baseline', 'v2'), "
+                f"got {self.tags!r}"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.project)
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Loop settings; see configs/base.py for the meaning of each field."""
 
@@ -80,6 +108,7 @@ class TrainConfig:
     early_stop_patience: int = 0
     on_nonfinite: str = "stop"  # "stop" | "skip": what a step with a NaN/inf loss or gradient does
     max_skipped: int = 10
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
 
     def __post_init__(self):
         if self.on_nonfinite not in ("stop", "skip"):

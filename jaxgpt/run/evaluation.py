@@ -16,6 +16,7 @@ from jaxgpt.config import TrainConfig
 from jaxgpt.decode.generate import generate
 from jaxgpt.metrics import MetricsWriter
 from jaxgpt.state import Trainer
+from jaxgpt.tracking import WandbSink
 
 # A row of this value in every position is padding: negative tokens are never targets
 # (state.split_targets), so it adds nothing to the loss sum or the target count.
@@ -70,9 +71,12 @@ class TrainingEval:
         writer: MetricsWriter,
         tokenizer: Any,
         rng: jax.Array,
+        sink: WandbSink | None = None,
     ):
+        """sink: W&B tracking (process 0 with train.wandb on), fed the eval lines and samples."""
         self.trainer, self.val_local, self.cfg = trainer, val_local, train_cfg
         self.best, self.writer, self.tokenizer, self.rng = best, writer, tokenizer, rng
+        self.sink = sink
 
     def loss(self, params: Any) -> tuple[float, float]:
         """(validation loss, perplexity), nothing written."""
@@ -82,10 +86,16 @@ class TrainingEval:
     def __call__(self, step: int, params: Any) -> tuple[float, float, str]:
         """Evaluate, write the eval line, sample, update the best params; (loss, ppl, report)."""
         loss, ppl = self.loss(params)
-        self.writer.write(step, {"eval_loss": loss, "eval_ppl": ppl})
+        line = {"eval_loss": loss, "eval_ppl": ppl}
+        self.writer.write(step, line)
+        if self.sink is not None:
+            self.sink.write(step, line)
         report = f"step {step}: val loss {loss:.4f}, perplexity {ppl:.2f}"
         if self.cfg.sample_tokens:  # every process: the params are spread over all of them
-            report += f"\n  sample: {self.sample(step, params)!r}"
+            text = self.sample(step, params)
+            report += f"\n  sample: {text!r}"
+            if self.sink is not None:
+                self.sink.log_sample(step, text)
         if self.best is not None and self.best.update(step, loss, params) and self.best.keep:
             report += f"\n  new best: saved params to {self.best.directory}"
         return loss, ppl, report

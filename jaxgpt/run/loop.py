@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from jaxgpt import config as config_lib
 from jaxgpt import metrics as metrics_lib
+from jaxgpt import tracking
 from jaxgpt.checkpoint import BestCheckpoint
 from jaxgpt.data.pipeline import device_batches
 from jaxgpt.model import count_params, flops_per_token
@@ -34,10 +37,12 @@ def train(
         stop_at: stop after this step with a checkpoint, as a preemption would (the schedule
             still runs to the run's last step when resumed).
     """
+    # A missing wandb package (train.wandb.project set) fails now, before any data or compute.
+    tracking.check_available(config_lib.run_config(config).train.wandb)
     run = setup_training(config, workdir)
     tc, trainer, state, step = run.rc.train, run.trainer, run.state, run.start
     evals, writer = _training_eval(run)
-    meter, progress = _meter(run), _Progress(run, writer)
+    meter, progress = _meter(run), _Progress(run, writer, evals.sink)
     say, log = progress.say, progress.log
     end, result = _plan_start(run, evals, say)
     guard = NonFiniteGuard(tc, state, say)
@@ -84,6 +89,8 @@ def _abandon(run: TrainingRun, evals: TrainingEval, progress: _Progress) -> None
     closers = [progress.writer.close, run.ckpt.close]
     if evals.best is not None:
         closers.append(evals.best.close)
+    if evals.sink is not None:
+        closers.append(evals.sink.abandon)
     for close in closers:
         with contextlib.suppress(Exception):
             close()
@@ -107,13 +114,16 @@ def _checkpoint(run: TrainingRun, at: tuple, reason: str | None, at_end: bool, w
 
 def _training_eval(run: TrainingRun) -> tuple[TrainingEval, metrics_lib.MetricsWriter]:
     rc = run.rc
+    sink = None  # opened first: a W&B run that cannot start leaves no files open
+    if run.is_main and rc.train.wandb.enabled:
+        sink = tracking.WandbSink.open(rc.train.wandb, run.workdir, run.logged_through)
     writer = metrics_lib.MetricsWriter(run.workdir, enabled=run.is_main, start_step=run.start)
     best = None
     if rc.ckpt.keep_best or rc.train.early_stop_patience:
         best = BestCheckpoint(run.workdir, rc.ckpt.keep_best, run.start)
     rng = jax.random.key(rc.train.seed)
     evals = TrainingEval(
-        run.trainer, run.val_local, rc.train, best, writer, run.data.tokenizer(), rng
+        run.trainer, run.val_local, rc.train, best, writer, run.data.tokenizer(), rng, sink
     )
     return evals, writer
 
@@ -126,10 +136,15 @@ def _meter(run: TrainingRun) -> StepMeter:
 
 
 class _Progress:
-    """The progress bar and metrics.jsonl: each read step's metrics go to both."""
+    """The progress bar, metrics.jsonl and W&B (when on): each read step's metrics go to all."""
 
-    def __init__(self, run: TrainingRun, writer: metrics_lib.MetricsWriter):
-        self.writer = writer
+    def __init__(
+        self,
+        run: TrainingRun,
+        writer: metrics_lib.MetricsWriter,
+        sink: tracking.WandbSink | None = None,
+    ):
+        self.writer, self.sink = writer, sink
         self.bar = tqdm(
             total=run.steps,
             initial=run.start,
@@ -145,6 +160,8 @@ class _Progress:
             return
         step, values = read
         self.writer.write(step, values)
+        if self.sink is not None:
+            self.sink.write(step, values)
         self.last_loss = float(values["loss"])
         if "step_time_s" in values:  # a timed read (the final flush is not)
             self.bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{float(values['lr']):.2e}")
@@ -222,5 +239,8 @@ def _finish(
         evals.best.close()
     if run.is_main:
         summary.write(run.workdir)
-        print(format_summary(summary, metrics_lib.plot_losses(run.workdir)))
+        plot = metrics_lib.plot_losses(run.workdir)
+        print(format_summary(summary, plot))
+        if evals.sink is not None:
+            evals.sink.finish(plot, dataclasses.asdict(summary))
     return summary

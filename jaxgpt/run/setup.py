@@ -8,9 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -18,12 +16,12 @@ import ml_collections
 import numpy as np
 
 from jaxgpt import config as config_lib
-from jaxgpt import cpu_devices, distributed, host_memory
+from jaxgpt import cpu_devices, distributed, host_memory, storage
 from jaxgpt import init_from as init_from_lib
 from jaxgpt import metrics as metrics_lib
 from jaxgpt import sharding as sharding_lib
 from jaxgpt.checkpoint import Checkpointer
-from jaxgpt.config import RunConfig, TrainConfig
+from jaxgpt.config import AnyPath, RunConfig, TrainConfig
 from jaxgpt.data import sft
 from jaxgpt.data.build import prepare_dataset
 from jaxgpt.data.dataset import DatasetInfo
@@ -85,7 +83,7 @@ class TrainingRun:
     """Everything the training loop works with, built by `setup_training`."""
 
     rc: RunConfig
-    workdir: Path
+    workdir: AnyPath
     say: Callable[..., None]
     data: DatasetInfo
     trainer: Trainer
@@ -96,6 +94,9 @@ class TrainingRun:
     batches: TrainBatches
     val_local: np.ndarray  # this process's rows of the fixed validation batches
     from_weights: bool  # started now from init_from weights (not resumed)
+    # The last step metrics.jsonl had before this session dropped the lines past its start
+    # (trackers that cannot rewind, W&B, skip the redone steps up to it).
+    logged_through: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -109,7 +110,7 @@ class TrainingRun:
         return sharding_lib.global_batch(local_batch, self.trainer.batch_sharding)
 
 
-def setup_training(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainingRun:
+def setup_training(config: ml_collections.ConfigDict, workdir: str | AnyPath) -> TrainingRun:
     """Prepare data if needed, build the trainer, and init, import or resume the state."""
     source, notes = None, []
     if config.init_from:
@@ -119,9 +120,11 @@ def setup_training(config: ml_collections.ConfigDict, workdir: str | Path) -> Tr
         source = init_from_lib.resolve(config.init_from)
         notes = init_from_lib.apply_to_config(config, source)
     rc = config_lib.run_config(config)
+    workdir = config_lib.location(workdir, "workdir")
+    storage.check_writable(workdir)  # a bucket's problems stop the run before any compile
     cpu_note = start_runtime(rc, (rc.train.micro_batch_size, eval_batch_size(rc.train)))
-    workdir = Path(config_lib.check_location(str(workdir), "workdir"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    if not config_lib.is_remote(workdir):
+        workdir.mkdir(parents=True, exist_ok=True)
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
     if cpu_note:
         say(cpu_note)
@@ -136,17 +139,30 @@ def setup_training(config: ml_collections.ConfigDict, workdir: str | Path) -> Tr
     if jax.process_index() == 0:
         _write_workdir_files(workdir, config, model_cfg, data)
     ckpt = Checkpointer(workdir, rc.ckpt.every, rc.ckpt.keep, rc.ckpt.async_save)
+    logged_through = max((r.get("step", 0) for r in metrics_lib.read_metrics(workdir)), default=0)
     state, start = _first_state(rc, workdir, trainer, ckpt, (source, notes), say)
     val_local = np.stack([local_rows(b) for b in val])
     from_weights = source is not None and start == 0
     run = TrainingRun(
-        rc, workdir, say, data, trainer, ckpt, state, start, steps, batches, val_local, from_weights
+        rc,
+        workdir,
+        say,
+        data,
+        trainer,
+        ckpt,
+        state,
+        start,
+        steps,
+        batches,
+        val_local,
+        from_weights,
+        logged_through,
     )
     say(_model_line(trainer, state))
     return run
 
 
-def _prepare_data(rc: RunConfig, workdir: Path) -> DatasetInfo:
+def _prepare_data(rc: RunConfig, workdir: AnyPath) -> DatasetInfo:
     """Process 0 builds the data dir; the others then find it current (shared storage) or
     build the identical one (local storage): building is deterministic."""
     data_dir = rc.data.path or workdir / "data"
@@ -182,14 +198,14 @@ def _batches(rc: RunConfig, data: DatasetInfo, seq_len: int, say) -> tuple[Train
     return batches, eval_windows(data.tokens("val"), seq_len, rc.train.eval_tokens, eval_batch)
 
 
-def _write_workdir_files(workdir: Path, config, model_cfg: GPTConfig, data: DatasetInfo) -> None:
+def _write_workdir_files(workdir: AnyPath, config, model_cfg: GPTConfig, data: DatasetInfo):
     resolved = json.loads(config_lib.to_json(config))
     resolved["model"]["vocab_size"] = model_cfg.vocab_size
     (workdir / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
-    shutil.copyfile(data.tokenizer_path, workdir / data.tokenizer_file)
+    (workdir / data.tokenizer_file).write_bytes(data.tokenizer_path.read_bytes())
 
 
-def _first_state(rc, workdir: Path, trainer: Trainer, ckpt: Checkpointer, init, say):
+def _first_state(rc, workdir: AnyPath, trainer: Trainer, ckpt: Checkpointer, init, say):
     """(state, step): the latest checkpoint, else init_from's weights, else a random init."""
     source, notes = init
     restored = ckpt.restore_latest(trainer.abstract_state(), say)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
+
+from jaxgpt.config import AnyPath
 
 
 @dataclasses.dataclass
@@ -28,7 +29,7 @@ class Summary:
     best_eval_loss: float | None = None
     stopped_early: bool = False
 
-    def write(self, workdir: Path) -> None:
+    def write(self, workdir: AnyPath) -> None:
         (workdir / "summary.json").write_text(json.dumps(dataclasses.asdict(self), indent=2))
 
 
@@ -36,7 +37,7 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def format_summary(s: Summary, plot: Path | None) -> str:
+def format_summary(s: Summary, plot: AnyPath | None) -> str:
     """The closing block the train command prints."""
     best = []
     if s.best_step is not None:
@@ -55,6 +56,6 @@ def format_summary(s: Summary, plot: Path | None) -> str:
         f"val loss     {_fmt(s.eval_loss, '.4f')}  (perplexity {_fmt(s.eval_ppl, '.2f')})",
         *best,
         f"checkpoint   {s.checkpoint}",
-        f"metrics      {Path(s.workdir) / 'metrics.jsonl'}" + (f", plot {plot}" if plot else ""),
+        f"metrics      {s.workdir.rstrip('/')}/metrics.jsonl" + (f", plot {plot}" if plot else ""),
     ]
     return "\n".join(lines)
