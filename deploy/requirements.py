@@ -29,7 +29,7 @@ def requirements(pyproject: Path, extras: list[str]) -> list[str]:
             continue
         seen.add(extra)
         if extra not in optional:
-            raise KeyError(
+            raise ValueError(
                 f"{pyproject} has no extra {extra!r} (it has: {', '.join(sorted(optional))}); "
                 "fix EXTRAS in the Dockerfile or add the extra to [project.optional-dependencies]"
             )
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         lines = requirements(Path(argv[0]), [e for e in argv[1].split(",") if e])
-    except KeyError as e:
+    except ValueError as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 1
     print("\n".join(lines))

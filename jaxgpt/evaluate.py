@@ -14,6 +14,7 @@ from pathlib import Path
 from jaxgpt import config as config_lib
 from jaxgpt import host_memory
 from jaxgpt.run.scoring import evaluate
+from jaxgpt.storage import StorageError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     host_memory.keep_freed_memory()
     try:
         result = evaluate(args.workdir, args.sources, args.batch_size)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, StorageError) as e:
         sys.exit(f"error: {e}")
     line = (
         f"{result['data']} at step {result['step']}: {result['tokens']:,} tokens\n"

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
 
 from jaxgpt import config as config_lib
+from jaxgpt import storage
 from jaxgpt.interop.hf_export import export_hf
 from jaxgpt.interop.onnx import export_onnx  # torch and onnx load only when it runs
+from jaxgpt.storage import StorageError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,18 +44,34 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = config_lib.parse_args(_parser(), argv)
-    if args.format == "onnx":
-        try:
-            path, diff = export_onnx(args.workdir, args.out, args.dtype, args.step)
-        except (FileNotFoundError, ValueError, ModuleNotFoundError) as e:
-            sys.exit(f"error: {e}")
-        print(f"wrote {path} (onnxruntime vs jaxgpt: max |logit diff| {diff:.1e}) and tokenizer")
-        return
     try:
-        out = export_hf(args.workdir, args.out, args.dtype, args.step)
-    except (FileNotFoundError, ValueError) as e:
+        message = _export(args)
+    except (FileNotFoundError, ValueError, ModuleNotFoundError, StorageError) as e:
         sys.exit(f"error: {e}")
-    print(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
+    print(message)
+
+
+def _export(args: argparse.Namespace) -> str:
+    """Export into --out; a bucket --out is written locally first, then uploaded (safetensors
+    and ONNX write local files), so the bucket only ever gets finished files."""
+    remote = config_lib.is_remote(args.out)
+    if remote:
+        if args.out.rstrip("/") == str(args.workdir).rstrip("/"):
+            raise ValueError("--out must not be the workdir: its config.json would be overwritten")
+        storage.check_writable(config_lib.location(args.out, "--out"), "--out")
+    with tempfile.TemporaryDirectory(prefix="jaxgpt-export-") as scratch:
+        out = Path(scratch) if remote else args.out
+        if args.format == "onnx":
+            path, diff = export_onnx(args.workdir, out, args.dtype, args.step)
+            done = f"(onnxruntime vs jaxgpt: max |logit diff| {diff:.1e}) and tokenizer"
+        else:
+            path = export_hf(args.workdir, out, args.dtype, args.step)
+            done = "(load with transformers.AutoModelForCausalLM.from_pretrained)"
+        if remote:
+            storage.upload_tree(Path(scratch), config_lib.location(args.out, "--out"))
+            inner = Path(path).relative_to(scratch)
+            path = args.out if inner == Path(".") else f"{args.out.rstrip('/')}/{inner}"
+    return f"wrote {path} {done}"
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import jax
 from jaxgpt import config as config_lib
 from jaxgpt import host_memory
 from jaxgpt.decode.generate import generate_batch
+from jaxgpt.storage import StorageError
 from jaxgpt.workdir import load_run
 
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         run = load_run(args.workdir, args.step)
         prompts = read_prompts(args)
         texts = sample_texts(run, prompts, args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, StorageError) as e:
         sys.exit(f"error: {e}")
     for i, text in enumerate(texts):
         prompt = prompts[i // args.num_samples]

@@ -23,8 +23,9 @@ import numpy as np
 import optax
 from tokenizers import Tokenizer
 
+from jaxgpt import storage
 from jaxgpt.checkpoint import shapes_by_path
-from jaxgpt.config import check_location
+from jaxgpt.config import AnyPath, check_location, is_remote, location
 from jaxgpt.data.tokenizer import load_tokenizer
 from jaxgpt.interop.hf import gpt_config_from_hf, import_hf
 from jaxgpt.model import GPTConfig
@@ -39,7 +40,7 @@ class Source:
     """Where initial weights come from, and what they imply for the run's config."""
 
     kind: str  # "hf" | "workdir"
-    path: Path
+    path: AnyPath
     architecture: dict[str, Any]  # GPTConfig fields fixed by the weights
     block_size: int  # positions the weights know
     tokenizer_path: Path
@@ -64,10 +65,15 @@ def resolve(spec: str) -> Source:
             "workdir:PATH (a jaxgpt run)"
         )
     check_location(path_text, "init_from")
-    path = Path(path_text).expanduser()
+    path = location(
+        path_text if is_remote(path_text) else Path(path_text).expanduser(), "init_from"
+    )
+    storage.check_readable(path, "init_from")
     if not path.is_dir():
         raise FileNotFoundError(f"init_from={spec!r}: {path} is not a directory")
-    return _resolve_hf(path) if kind == "hf" else _resolve_workdir(path)
+    if kind == "hf":  # safetensors and tokenizers open local files: fetch a bucket's folder
+        return _resolve_hf(storage.local_folder(path, "models"))
+    return _resolve_workdir(path)
 
 
 def _resolve_hf(path: Path) -> Source:
@@ -104,6 +110,7 @@ def _resolve_workdir(path: Path) -> Source:
     )
     if tokenizer is None:
         raise FileNotFoundError(f"init_from=workdir:{path} has no tokenizer.model or .json")
+    tokenizer = storage.local_file(tokenizer, "tokenizers")
     eot = config.get("data", {}).get("tokenizer", {}).get("eot_token", "")
     return Source(
         "workdir",

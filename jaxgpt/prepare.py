@@ -4,7 +4,8 @@
 Reads the same config as `jaxgpt.train` (which runs this step itself when its data dir is
 missing or stale). Rerunning with unchanged inputs and settings does nothing; --force rebuilds.
 A build that was killed, or failed to write (a full disk), leaves nothing that would be used:
-rerun the same command.
+rerun the same command. data.path may be gs://BUCKET/PATH or s3://BUCKET/PATH: the dir is built
+locally, then uploaded with its metadata.json last (docs/data.md, "Data in a bucket").
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 
 from jaxgpt import config as config_lib
 from jaxgpt.data.build import build_dataset, prepare_dataset
+from jaxgpt.storage import StorageError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +27,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.exit(1, "error: set --config.data.path=DIR (where the dataset goes)\n")
         build = build_dataset if args.force else prepare_dataset
         info = build(rc.data, rc.data.path)
-    except (ValueError, OSError) as e:  # bad input, or a failed write (staging.WriteError)
+    # Bad input, a failed write (staging.WriteError), or a bucket that cannot be used.
+    except (ValueError, OSError, StorageError) as e:
         sys.exit(f"error: {e}")
     print(
         f"{info.path}: {info.train_tokens:,} training and {info.val_tokens:,} validation tokens "

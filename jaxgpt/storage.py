@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ _CREDENTIAL_HINTS = {
 }
 
 
-class StorageError(RuntimeError):
+class StorageError(OSError):
     """A bucket that cannot be used: missing, no credentials, no permission, no package."""
 
 
@@ -137,3 +138,24 @@ def local_stand_in(remote: AnyPath, purpose: str) -> Path:
     folder = root / purpose / f"{name}-{digest}"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def local_file(path: AnyPath, purpose: str) -> Path:
+    """A local file with the content of `path`: the path itself when local, else a fresh
+    download into a local stand-in folder (for libraries that open files by name)."""
+    if not is_remote(path):
+        return Path(path)
+    target = local_stand_in(path, purpose) / str(path).rstrip("/").rsplit("/", 1)[-1]
+    fs, key = filesystem(path)
+    fs.get_file(key, str(target))
+    return target
+
+
+def local_folder(path: AnyPath, purpose: str) -> Path:
+    """A local folder with the files under `path`: the path itself when local, else a fresh
+    download (files left from an earlier download are removed first)."""
+    if not is_remote(path):
+        return Path(path)
+    folder = local_stand_in(path, purpose)
+    shutil.rmtree(folder)
+    return download_tree(path, folder)

@@ -104,7 +104,9 @@ class GCSServer:
     def __init__(self):
         port = _free_port()
         self.endpoint = f"http://127.0.0.1:{port}"
-        self._log = tempfile.NamedTemporaryFile(prefix="fake-gcs-", suffix=".log", delete=False)
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115  (closed in stop())
+            prefix="fake-gcs-", suffix=".log", delete=False
+        )
         binary = fake_gcs_binary()
         binary.chmod(binary.stat().st_mode | 0o111)
         self._proc = subprocess.Popen(

@@ -19,15 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from wandb.proto import wandb_internal_pb2
-
 BLOCK = 32 * 1024
 HEADER = struct.Struct("<IHB")  # CRC-32, data length, chunk type
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
-def read_records(path: Path) -> Iterator[wandb_internal_pb2.Record]:
-    """Every record of a .wandb file; a bad header, checksum or chunk order fails."""
+def read_records(path: Path) -> Iterator[Any]:
+    """Every record (a wandb_internal_pb2.Record) of a .wandb file; a bad header, checksum
+    or chunk order fails."""
     data = path.read_bytes()
     ident, magic, version = struct.unpack("<4sHB", data[:7])
     assert (ident, magic, version) == (b":W&B", 0xBEE1, 0), (path, ident, magic, version)
@@ -56,7 +55,10 @@ def read_records(path: Path) -> Iterator[wandb_internal_pb2.Record]:
             raise AssertionError(f"{path}: unknown chunk type {kind} at {pos}")
 
 
-def _record(data: bytes) -> wandb_internal_pb2.Record:
+def _record(data: bytes) -> Any:
+    # Imported here: test modules importing this one still load without wandb installed.
+    from wandb.proto import wandb_internal_pb2
+
     record = wandb_internal_pb2.Record()
     record.ParseFromString(data)
     return record
@@ -78,6 +80,7 @@ class OfflineRun:
     config: dict[str, Any]  # W&B's own "_wandb" entry left out
     history: list[dict[str, Any]]  # one dict per committed row, with "_step"
     summary: dict[str, Any]  # dotted keys
+    exit_code: int | None  # None: the run never finished
 
     def steps_with(self, key: str) -> list[int]:
         return [row["_step"] for row in self.history if key in row]
@@ -85,7 +88,7 @@ class OfflineRun:
 
 def read_run(directory: Path) -> OfflineRun:
     (path,) = directory.glob("run-*.wandb")
-    meta, config, history, summary = None, {}, [], {}
+    meta, config, history, summary, exit_code = None, {}, [], {}, None
     for record in read_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -97,11 +100,13 @@ def read_run(directory: Path) -> OfflineRun:
             history.append({_key(i): json.loads(i.value_json) for i in record.history.item})
         elif kind == "summary":
             summary.update({_key(u): json.loads(u.value_json) for u in record.summary.update})
+        elif kind == "exit":
+            exit_code = record.exit.exit_code
     assert meta is not None, f"{path}: no run record"
     config.pop("_wandb", None)
     return OfflineRun(
         directory, meta.run_id, meta.project, meta.display_name, list(meta.tags), config,
-        history, summary,
+        history, summary, exit_code,
     )  # fmt: skip
 
 

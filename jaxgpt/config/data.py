@@ -127,4 +127,4 @@ class DataConfig:
         if self.shard_mb <= 0:
             raise ValueError(f"data.shard_mb must be positive, got {self.shard_mb}")
         check_location(self.path, "data.path")
-        check_location(self.tfds_data_dir, "data.tfds_data_dir")
+        check_location(self.tfds_data_dir, "data.tfds_data_dir", remote_ok=False)

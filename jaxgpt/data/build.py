@@ -16,6 +16,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import threading
 import time
 from collections import deque
@@ -25,8 +26,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from jaxgpt import storage
+from jaxgpt.config import AnyPath, is_remote, location
+from jaxgpt.data import remote, staging
 from jaxgpt.data import sources as sources_lib
-from jaxgpt.data import staging
 from jaxgpt.data.clean import CleanStats, clean_documents
 from jaxgpt.data.dataset import (
     FORMAT_VERSION,
@@ -233,9 +236,11 @@ def _write_documents(cfg: DataConfig, tmp: Path, verbose: bool) -> tuple[BuildSt
     return stats, sample
 
 
-def build_dataset(cfg: DataConfig, out_dir: str | Path, verbose: bool = True) -> DatasetInfo:
+def build_dataset(cfg: DataConfig, out_dir: str | AnyPath, verbose: bool = True) -> DatasetInfo:
     """Build the data dir at out_dir from scratch (see prepare_dataset for the cached entry)."""
-    out_dir = Path(out_dir)
+    out_dir = location(out_dir, "data.path")
+    if is_remote(out_dir):
+        return _build_in_bucket(cfg, out_dir, verbose, reuse_local=False)
     foreign = staging.foreign_files(out_dir)
     if foreign:
         raise ValueError(
@@ -375,16 +380,49 @@ def _build_sft(cfg: DataConfig, tmp: Path, key: str, verbose: bool) -> str:
     return built["report"]
 
 
-def prepare_dataset(cfg: DataConfig, out_dir: str | Path, verbose: bool = True) -> DatasetInfo:
-    """The data dir at out_dir, built only if it is missing, incomplete, or was built from other
-    inputs or settings."""
+def prepare_dataset(cfg: DataConfig, out_dir: str | AnyPath, verbose: bool = True) -> DatasetInfo:
+    """The data dir at out_dir (a local path, or gs:// / s3://), built only if it is missing,
+    incomplete, or was built from other inputs or settings."""
+    out_dir = location(out_dir, "data.path")
     reason = stale_reason(out_dir, cfg)
+    if is_remote(out_dir):
+        if reason is None:
+            return load_dataset(out_dir)
+        if verbose and not reason.endswith("does not exist"):
+            print(f"data: {reason}; rebuilding it")
+        return _build_in_bucket(cfg, out_dir, verbose, reuse_local=True)
     if reason is None:
-        _remove_abandoned(Path(out_dir), verbose)
+        _remove_abandoned(out_dir, verbose)
         return load_dataset(out_dir)
-    if verbose and Path(out_dir).exists():
+    if verbose and out_dir.exists():
         print(f"data: {reason}; rebuilding it")
     return build_dataset(cfg, out_dir, verbose)
+
+
+def _build_in_bucket(
+    cfg: DataConfig, out_dir: AnyPath, verbose: bool, reuse_local: bool
+) -> DatasetInfo:
+    """Build the data dir in a local folder exactly as a local one is built (locked, fsynced,
+    renamed into place), then upload it with metadata.json last (data/remote.py). The local
+    copy is removed once the upload is complete; after a failed upload it stays, and the next
+    prepare uploads it again without rebuilding it (reuse_local)."""
+    storage.check_writable(out_dir, "data.path")  # a missing bucket fails before the build
+    foreign = remote.foreign_objects(out_dir, staging.DATA_DIR_NAMES)
+    if foreign:
+        raise ValueError(
+            f"data.path={out_dir} holds {', '.join(foreign[:3])}{', ...' if foreign[3:] else ''}"
+            ", which a data dir does not; not replacing it. Choose a new data.path, or remove it"
+        )
+    local = storage.local_stand_in(out_dir, "data-build") / "data"
+    if verbose:
+        print(f"data: building {out_dir} in {local}, then uploading it")
+    build = prepare_dataset if reuse_local else build_dataset
+    build(cfg, local, verbose)
+    remote.upload_data_dir(local, out_dir, verbose)
+    shutil.rmtree(local, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the folder, unless another build is using it
+        local.parent.rmdir()
+    return load_dataset(out_dir)
 
 
 def format_report(stats: BuildStats, meta: dict | None) -> str:

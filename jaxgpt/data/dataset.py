@@ -9,6 +9,9 @@ Layout of a data dir (written by jaxgpt.data.build):
                                   the size of every file above ("files"): written last, it marks
                                   the dir complete
     report.txt                    what happened, for people
+
+A data dir may also be a gs:// or s3:// prefix (data/remote.py): the same objects, listed
+rather than stat'ed, and read by byte ranges.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxgpt.config import AnyPath, is_remote, location
 from jaxgpt.config.data import DataConfig
+from jaxgpt.data import inputs, remote
 from jaxgpt.data import sources as sources_lib
 from jaxgpt.data.shards import TokenStream
-from jaxgpt.data.tokenizer import load_tokenizer
+from jaxgpt.data.tokenizer import tokenizer_from_bytes
 
 FORMAT_VERSION = 3
 SPLITS = ("train", "val")
@@ -42,7 +47,7 @@ KEYED_SECTIONS = {
 class DatasetInfo:
     """What a prepared data dir holds (from its metadata.json)."""
 
-    path: Path
+    path: AnyPath  # pathlib.Path, or etils.epath.Path for a bucket
     vocab_size: int
     eot_id: int
     dtype: str
@@ -53,7 +58,7 @@ class DatasetInfo:
     format: str = "text"  # "sft": examples with uncounted prompt tokens (data/sft.py)
 
     @property
-    def tokenizer_path(self) -> Path:
+    def tokenizer_path(self) -> AnyPath:
         return self.path / self.tokenizer_file
 
     @property
@@ -65,15 +70,20 @@ class DatasetInfo:
         return sum(s["tokens"] for s in self.shards["val"])
 
     def tokens(self, split: str) -> TokenStream:
-        """The split's token stream, memory-mapped across its shards."""
-        return TokenStream([self.path / s["file"] for s in self.shards[split]], self.dtype)
+        """The split's token stream: memory-mapped local shards, or ranged reads of bucket ones
+        (sized from metadata.json, so opening it makes no request)."""
+        shards = self.shards[split]
+        files = [self.path / s["file"] for s in shards]
+        return TokenStream(files, self.dtype, [s["tokens"] for s in shards])
 
     def tokenizer(self):
-        return load_tokenizer(self.tokenizer_path, self.eot_token)
+        data = self.tokenizer_path.read_bytes()
+        return tokenizer_from_bytes(self.tokenizer_file, data, self.eot_token)
 
 
 def source_fingerprint(cfg: DataConfig) -> list:
-    """Paths, sizes and mtimes of every input, so edited inputs trigger a rebuild."""
+    """Paths, sizes and mtimes (bucket objects: generation or ETag) of every input, so edited
+    inputs trigger a rebuild."""
     prints: list = []
     for source in sources_lib.parse_sources(cfg.sources):
         if source.kind == "stdlib":
@@ -85,13 +95,21 @@ def source_fingerprint(cfg: DataConfig) -> list:
             data_dir = cfg.tfds_data_dir or os.environ.get("TFDS_DATA_DIR", "")
             prints.append(["tfds", source.path, data_dir])
         else:
-            for f in sources_lib.source_files(source):
-                st = f.stat()
-                prints.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
+            prints.extend(inputs.file_fingerprints(source))
     if cfg.tokenizer.path:
-        digest = hashlib.sha256(Path(cfg.tokenizer.path).read_bytes()).hexdigest()
+        digest = hashlib.sha256(_tokenizer_bytes(cfg.tokenizer.path)).hexdigest()
         prints.append(["tokenizer", digest])
     return prints
+
+
+def _tokenizer_bytes(path: str) -> bytes:
+    tokenizer = location(path, "data.tokenizer.path")
+    if not is_remote(tokenizer):
+        return tokenizer.read_bytes()
+    data = remote.read_object(tokenizer)
+    if data is None:
+        raise FileNotFoundError(f"data.tokenizer.path={path} does not exist")
+    return data
 
 
 def dataset_key(cfg: DataConfig) -> str:
@@ -118,12 +136,16 @@ def key_settings(cfg: DataConfig) -> dict:
     return settings
 
 
-def read_metadata(path: str | Path) -> dict | None:
-    meta_path = Path(path) / "metadata.json"
-    if not meta_path.is_file():
+def read_metadata(path: str | AnyPath) -> dict | None:
+    meta_path = location(path, "data.path") / "metadata.json"
+    if is_remote(meta_path):
+        data = remote.read_object(meta_path)
+    else:
+        data = meta_path.read_bytes() if meta_path.is_file() else None
+    if data is None:
         return None
     try:
-        return json.loads(meta_path.read_text())
+        return json.loads(data)
     except ValueError as e:
         raise ValueError(
             f"{meta_path} is not valid JSON ({e}): a copy that did not finish? "
@@ -131,27 +153,41 @@ def read_metadata(path: str | Path) -> dict | None:
         ) from None
 
 
-def missing_part(path: Path, meta: dict) -> str | None:
+def missing_part(path: AnyPath, meta: dict) -> str | None:
     """A file of the data dir that is missing or not the size metadata.json says (None: all
-    there). Dirs from before the "files" list are checked by their shards' token counts."""
+    there). Dirs from before the "files" list are checked by their shards' token counts. A
+    bucket's sizes come from one listing."""
     sizes = meta.get("files")
     if sizes is None:
         itemsize = np.dtype(meta["dtype"]).itemsize
         shards = [s for split in SPLITS for s in meta["splits"][split]["shards"]]
         sizes = {s["file"]: s["tokens"] * itemsize for s in shards}
+    present = remote.object_sizes(path) if is_remote(path) else _LocalSizes(path)
     for name, size in sizes.items():
-        f = path / name
-        if not f.is_file():
+        found = present.get(name)
+        if found is None:
             return f"{name} is missing"
-        if f.stat().st_size != size:
-            return f"{name} is {f.stat().st_size:,} bytes, metadata.json says {size:,}"
+        if found != size:
+            return f"{name} is {found:,} bytes, metadata.json says {size:,}"
     return None
 
 
-def load_dataset(path: str | Path) -> DatasetInfo:
-    """Open a prepared data dir; a dir without metadata.json, or missing part of what it lists,
-    is not a finished dataset."""
-    path = Path(path)
+class _LocalSizes:
+    """A local dir's file sizes, looked up one file at a time (the dict interface of
+    remote.object_sizes)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def get(self, name: str) -> int | None:
+        f = self.path / name
+        return f.stat().st_size if f.is_file() else None
+
+
+def load_dataset(path: str | AnyPath) -> DatasetInfo:
+    """Open a prepared data dir (local or in a bucket); a dir without metadata.json, or missing
+    part of what it lists, is not a finished dataset."""
+    path = location(path, "data.path")
     meta = read_metadata(path)
     if meta is None:
         raise FileNotFoundError(
@@ -184,10 +220,10 @@ def _eot_token(settings: dict) -> str:
     return settings.get("tokenizer_eot_token", "")
 
 
-def stale_reason(path: str | Path, cfg: DataConfig) -> str | None:
+def stale_reason(path: str | AnyPath, cfg: DataConfig) -> str | None:
     """Why the data dir at path is not the one cfg describes, complete; None when it is."""
-    path = Path(path)
-    if not path.exists():
+    path = location(path, "data.path")
+    if not (remote.object_sizes(path) if is_remote(path) else path.exists()):
         return f"{path} does not exist"
     try:
         meta = read_metadata(path)
@@ -201,5 +237,5 @@ def stale_reason(path: str | Path, cfg: DataConfig) -> str | None:
     return f"{path} is incomplete ({problem})" if problem else None
 
 
-def is_current(path: str | Path, cfg: DataConfig) -> bool:
+def is_current(path: str | AnyPath, cfg: DataConfig) -> bool:
     return stale_reason(path, cfg) is None

@@ -10,7 +10,10 @@ import dataclasses
 import glob
 import os
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+from jaxgpt.config import AnyPath, is_remote
+from jaxgpt.data import remote
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text", "")
 COMPRESSED_SUFFIXES = ("", ".gz", ".bz2", ".xz", ".zst")
@@ -94,8 +97,11 @@ class ReadStats:
             self.problems.append(problem)
 
 
-def expand_files(path: str, endings: tuple[str, ...] | None = None) -> list[Path]:
-    """Files matching a path or glob; folders give files ending in `endings` (default: text)."""
+def expand_files(path: str, endings: tuple[str, ...] | None = None) -> list[AnyPath]:
+    """Files matching a path or glob; folders give files ending in `endings` (default: text).
+    gs:// and s3:// paths and globs give the matching objects (a prefix acts as a folder)."""
+    if is_remote(path):
+        return [f for f, _ in remote.expand(path, _wanted(endings))]
     files: list[Path] = []
     for match in sorted(glob.glob(os.path.expanduser(path))):
         p = Path(match)
@@ -111,23 +117,54 @@ def expand_files(path: str, endings: tuple[str, ...] | None = None) -> list[Path
     return files
 
 
-def source_files(source: Source) -> list[Path]:
+def _wanted(endings: tuple[str, ...] | None):
+    """Which file names inside a folder a source takes."""
+    if endings:
+        return lambda name: name.lower().endswith(endings)
+    return lambda name: PurePosixPath(name).suffix in TEXT_SUFFIXES
+
+
+def source_files(source: Source) -> list[AnyPath]:
     """A source's input files (none for built-in corpora, tfds); FileNotFoundError if none."""
     if source.kind in NOT_FILES:
         return []
     endings = FILE_ENDINGS.get(source.kind)
     files = expand_files(source.path, endings)
     if not files:
-        looked_for = f"files ending in {endings}" if endings else f"suffixes {TEXT_SUFFIXES}"
-        raise FileNotFoundError(f"data.sources: {source.spec} has no input files ({looked_for})")
+        raise _no_files(source, endings)
     return files
 
 
-def input_files(source: Source, stats: ReadStats) -> Iterator[Path]:
+def _no_files(source: Source, endings: tuple[str, ...] | None) -> FileNotFoundError:
+    looked_for = f"files ending in {endings}" if endings else f"suffixes {TEXT_SUFFIXES}"
+    return FileNotFoundError(f"data.sources: {source.spec} has no input files ({looked_for})")
+
+
+def file_fingerprints(source: Source) -> list[list]:
+    """[path, size, version] of each of a source's files, for the data dir's key: the local
+    mtime in ns, or a bucket object's generation/ETag (from the glob's one listing)."""
+    if not is_remote(source.path):
+        prints = []
+        for f in source_files(source):
+            st = f.stat()
+            prints.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
+        return prints
+    endings = FILE_ENDINGS.get(source.kind)
+    found = remote.expand(source.path, _wanted(endings))
+    if not found:
+        raise _no_files(source, endings)
+    return [[str(f), int(info["size"]), remote.version(info)] for f, info in found]
+
+
+def file_size(path: AnyPath) -> int:
+    return remote.size(path) if is_remote(path) else path.stat().st_size
+
+
+def input_files(source: Source, stats: ReadStats) -> Iterator[AnyPath]:
     """The source's files, each counted in stats as it is reached."""
     for path in source_files(source):
         stats.files += 1
-        stats.input_bytes += path.stat().st_size
+        stats.input_bytes += file_size(path)
         yield path
 
 

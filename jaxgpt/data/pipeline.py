@@ -80,9 +80,9 @@ class TrainBatches:
     def local_batch(self, step: int) -> np.ndarray:
         """This process's rows of batch(step): int32 [B/P, seq_len + 1]."""
         starts = self.windows(step)[self.local_rows] * self.seq_len
-        return np.stack([self.tokens.window(int(s), self.seq_len + 1) for s in starts]).astype(
-            np.int32
-        )
+        # One read for the whole batch: for shards in a bucket, one round of concurrent ranged
+        # GETs covering just these rows (the other processes' rows are never fetched here).
+        return self.tokens.windows(starts, self.seq_len + 1).astype(np.int32)
 
 
 class _ArrayStream:
@@ -97,6 +97,9 @@ class _ArrayStream:
     def window(self, start: int, length: int) -> np.ndarray:
         return np.array(self.array[start : start + length])
 
+    def windows(self, starts, length: int) -> np.ndarray:
+        return np.stack([self.window(int(s), length) for s in starts])
+
 
 def eval_windows(
     tokens: TokenStream | np.ndarray, seq_len: int, n_tokens: int, batch_size: int
@@ -106,7 +109,7 @@ def eval_windows(
     stream = tokens if isinstance(tokens, TokenStream) else _ArrayStream(tokens)
     n_batches = max(1, n_tokens // (seq_len * batch_size))
     starts = np.linspace(0, len(tokens) - seq_len - 1, n_batches * batch_size).astype(np.int64)
-    windows = np.stack([stream.window(int(s), seq_len + 1) for s in starts]).astype(np.int32)
+    windows = stream.windows(starts, seq_len + 1).astype(np.int32)
     return windows.reshape(n_batches, batch_size, seq_len + 1)
 
 
@@ -116,10 +119,12 @@ def device_batches(
     """to_device(local_batch(step)) for step in [start, stop), made `depth` steps ahead.
 
     One background thread reads the windows and copies them to the devices. Reading a batch
-    from the memory-mapped shards takes microseconds to a few milliseconds, far below a step,
-    so no parallel reader is needed; a thread pool (tf.data's parallel map was the one before)
-    only competed with the step for the host's cores: measured on a 2-core host, the loop came
-    3-7% closer to synthetic batches without it (docs/performance.md).
+    from the memory-mapped shards takes microseconds to a few milliseconds, far below a step
+    (from a bucket: one round of concurrent ranged GETs, tens of milliseconds, hidden by the
+    `depth` steps of lead), so no parallel reader is needed; a thread pool (tf.data's parallel
+    map was the one before) only competed with the step for the host's cores: measured on a
+    2-core host, the loop came 3-7% closer to synthetic batches without it
+    (docs/performance.md).
     """
     return prefetch(lambda step: to_device(batches.local_batch(step)), range(start, stop), depth)
 

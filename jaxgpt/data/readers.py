@@ -20,9 +20,10 @@ import re
 import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import BinaryIO
 
+from jaxgpt.config import AnyPath, is_remote
+from jaxgpt.data import remote
 from jaxgpt.data.inputs import (
     CorruptInputError,
     ReadStats,
@@ -81,7 +82,7 @@ class _ZstdReader(io.RawIOBase):
 class _Checked(io.RawIOBase):
     """A decompressing stream whose low-level errors become CorruptInputError naming the file."""
 
-    def __init__(self, inner: BinaryIO, fh: BinaryIO, path: Path, errors: tuple[type, ...]):
+    def __init__(self, inner: BinaryIO, fh: BinaryIO, path: AnyPath, errors: tuple[type, ...]):
         self._inner, self._fh, self._path, self._errors = inner, fh, path, errors
         self._pos = 0
 
@@ -114,10 +115,12 @@ _DECOMPRESSORS = {
 }
 
 
-def open_input(path: Path) -> BinaryIO:
-    """path opened for binary reading, decompressed by its suffix (.gz, .bz2, .xz, .zst)."""
+def open_input(path: AnyPath) -> BinaryIO:
+    """path opened for binary reading, decompressed by its suffix (.gz, .bz2, .xz, .zst); a
+    gs:// or s3:// object is streamed through fsspec."""
     suffix = path.suffix.lower()
-    fh = open(path, "rb")  # noqa: SIM115 (closed by the returned stream)
+    # Both are closed by the returned stream.
+    fh = remote.open_object(path) if is_remote(path) else open(path, "rb")  # noqa: SIM115
     if suffix not in _DECOMPRESSORS:
         return fh
     errors: tuple[type, ...] = (EOFError, OSError, zlib.error, lzma.LZMAError)
@@ -147,7 +150,7 @@ def decode_utf8(data: bytes | memoryview, final: bool = True) -> tuple[str, int,
 class _Utf8Repair:
     """A readable byte stream with invalid UTF-8 replaced, so the XML parser never chokes on it."""
 
-    def __init__(self, stream: BinaryIO, path: Path, strict: bool):
+    def __init__(self, stream: BinaryIO, path: AnyPath, strict: bool):
         self._stream, self._path, self._strict = stream, path, strict
         self._pending, self._offset, self.bad = b"", 0, 0
 

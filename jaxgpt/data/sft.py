@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from jaxgpt.config import is_remote
 from jaxgpt.config.data import DataConfig
 from jaxgpt.data import sources as sources_lib
 from jaxgpt.data import staging
@@ -121,12 +122,24 @@ class Examples:
         start, stop = int(self.offsets[i]), int(self.offsets[i + 1])
         return self.tokens.window(start, stop - start)
 
+    def rows(self, ids, seq_len: int, eot_id: int) -> np.ndarray:
+        """example_row of each example, read together (one round of ranged reads from a
+        bucket); only an example's last seq_len+1 tokens are read, the ones a row keeps."""
+        ids = np.asarray(ids, np.int64)
+        stops = self.offsets[ids + 1]
+        starts = np.maximum(self.offsets[ids], stops - (seq_len + 1))
+        pieces = self.tokens.ranges(starts, stops - starts)
+        return np.stack([example_row(p, seq_len, eot_id) for p in pieces])
+
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
 
 def load_examples(info, split: str) -> Examples:
-    return Examples(info.tokens(split), np.load(info.path / f"{split}-examples.npy"))
+    offsets = info.path / f"{split}-examples.npy"
+    if is_remote(offsets):  # np.load needs a seekable file: the whole (small) object
+        return Examples(info.tokens(split), np.load(io.BytesIO(offsets.read_bytes())))
+    return Examples(info.tokens(split), np.load(offsets))
 
 
 class SFTBatches(TrainBatches):
@@ -152,9 +165,7 @@ class SFTBatches(TrainBatches):
 
     def local_batch(self, step: int) -> np.ndarray:
         ids = self.windows(step)[self.local_rows]
-        return np.stack(
-            [example_row(self.examples.get(int(i)), self.seq_len, self.eot_id) for i in ids]
-        )
+        return self.examples.rows(ids, self.seq_len, self.eot_id)
 
 
 def eval_rows(
@@ -165,7 +176,7 @@ def eval_rows(
     if not len(examples):
         raise ValueError("the validation split holds no examples; raise data.val_fraction")
     n = min(len(examples), max(1, n_tokens // seq_len))
-    rows = [example_row(examples.get(i), seq_len, eot_id) for i in range(n)]
+    rows = list(examples.rows(np.arange(n), seq_len, eot_id))
     empty = np.full(seq_len + 1, -eot_id - 1, np.int32)
     rows += [empty] * (-len(rows) % batch_size)
     return np.stack(rows).reshape(-1, batch_size, seq_len + 1)

@@ -19,8 +19,8 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from jaxgpt.config import check_location
-from jaxgpt.data import readers
+from jaxgpt.config import AnyPath, check_location, is_remote
+from jaxgpt.data import readers, remote
 from jaxgpt.data.inputs import (  # noqa: F401  (re-exported: sources.Source, sources.ReadStats)
     BUILT_IN,
     MAX_PROBLEMS,
@@ -47,9 +47,11 @@ def parse_sources(spec: str) -> list[Source]:
             )
         if kind not in BUILT_IN and not path:
             raise ValueError(f"data.sources: {item!r} needs a path, as in {kind}:PATH")
-        check_location(path, f"data.sources ({kind})")
+        check_location(path, f"data.sources ({kind})", remote_ok=kind != "tfds")
         if kind == "tfds":
             readers.parse_tfds_spec(path)  # a dataset name, not a path: checked when read
+        elif is_remote(path):
+            remote.check_matches(path, f"data.sources: {kind} path")
         elif kind not in BUILT_IN and not glob.glob(os.path.expanduser(path)):
             raise FileNotFoundError(
                 f"data.sources: {kind} path {path!r} does not exist (cwd: {os.getcwd()})"
@@ -60,7 +62,7 @@ def parse_sources(spec: str) -> list[Source]:
     return sources
 
 
-def _read_text(path: Path | Traversable, stats: ReadStats, strict: bool) -> str:
+def _read_text(path: AnyPath | Traversable, stats: ReadStats, strict: bool) -> str:
     raw = path.read_bytes()
     stats.files += 1
     stats.input_bytes += len(raw)

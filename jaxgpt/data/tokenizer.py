@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import sentencepiece as spm
 
+from jaxgpt.config import AnyPath, location
 from jaxgpt.config.data import TOKENIZER_TYPES, TokenizerConfig
 
 MODEL_TYPES = TOKENIZER_TYPES
@@ -28,14 +28,14 @@ class Tokenizer:
         self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
 
     @classmethod
-    def load(cls, path: str | Path) -> Tokenizer:
-        path = Path(path)
+    def load(cls, path: str | AnyPath) -> Tokenizer:
+        path = location(path, "tokenizer")
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer model {path} does not exist")
         return cls(path.read_bytes())
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_bytes(self.model_proto)
+    def save(self, path: str | AnyPath) -> None:
+        location(path, "tokenizer").write_bytes(self.model_proto)
 
     @property
     def proto(self) -> bytes:
@@ -183,14 +183,14 @@ class HFTokenizer:
         self.tk.encode_special_tokens = True
 
     @classmethod
-    def load(cls, path: str | Path, eot_token: str = "") -> HFTokenizer:
-        path = Path(path)
+    def load(cls, path: str | AnyPath, eot_token: str = "") -> HFTokenizer:
+        path = location(path, "tokenizer")
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file {path} does not exist")
         return cls(path.read_bytes().decode("utf-8"), eot_token)
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_bytes(self.json_text.encode("utf-8"))
+    def save(self, path: str | AnyPath) -> None:
+        location(path, "tokenizer").write_bytes(self.json_text.encode("utf-8"))
 
     @property
     def proto(self) -> bytes:
@@ -215,8 +215,9 @@ class HFTokenizer:
         return self.tk.decode([int(i) for i in ids], skip_special_tokens=False)
 
 
-def load_tokenizer(path: str | Path, eot_token: str = "") -> Tokenizer | HFTokenizer:
-    """tokenizer.json → Hugging Face tokenizers; anything else → SentencePiece model."""
+def load_tokenizer(path: str | AnyPath, eot_token: str = "") -> Tokenizer | HFTokenizer:
+    """tokenizer.json → Hugging Face tokenizers; anything else → SentencePiece model. A gs:// or
+    s3:// path is read from its bucket."""
     if str(path).endswith(".json"):
         return HFTokenizer.load(path, eot_token)
     return Tokenizer.load(path)

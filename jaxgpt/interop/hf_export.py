@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxgpt import storage
+from jaxgpt.config import AnyPath, absolute, location
 from jaxgpt.data.tokenizer import load_tokenizer
 from jaxgpt.interop.hf import hf_config, params_to_hf
 from jaxgpt.interop.hf_tokenizer import write_hf_tokenizer
@@ -21,20 +23,21 @@ from jaxgpt.model import DTYPES, GPTConfig
 from jaxgpt.workdir import restore_params, workdir_config
 
 
-def _workdir_tokenizer(workdir: Path, run: dict[str, Any]) -> tuple[Path, Any]:
+def _workdir_tokenizer(workdir: AnyPath, run: dict[str, Any]) -> tuple[Path, Any]:
     for name in ("tokenizer.model", "tokenizer.json"):
         if (workdir / name).is_file():
             eot_token = run.get("data", {}).get("tokenizer", {}).get("eot_token", "")
-            return workdir / name, load_tokenizer(workdir / name, eot_token)
+            local = storage.local_file(workdir / name, "tokenizers")  # export copies it by name
+            return local, load_tokenizer(local, eot_token)
     raise FileNotFoundError(f"{workdir} has no tokenizer.model or tokenizer.json")
 
 
 def open_for_export(
-    workdir: str | Path, out_dir: str | Path, step: int | None
+    workdir: str | AnyPath, out_dir: str | Path, step: int | None
 ) -> tuple[GPTConfig, Path, Any, dict[str, Any], int]:
     """What every export writes from: (GPTConfig, tokenizer path, tokenizer, params, step)."""
-    workdir, out_dir = Path(workdir), Path(out_dir)
-    if out_dir.resolve() == workdir.resolve():
+    workdir = location(workdir, "--workdir")
+    if str(absolute(location(out_dir, "--out"))) == str(absolute(workdir)):
         raise ValueError("--out must not be the workdir: its config.json would be overwritten")
     cfg, run = workdir_config(workdir)
     tokenizer_path, tokenizer = _workdir_tokenizer(workdir, run)

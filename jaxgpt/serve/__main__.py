@@ -12,6 +12,7 @@ from jaxgpt import config as config_lib
 from jaxgpt import host_memory
 from jaxgpt.serve.loading import check_model_dir
 from jaxgpt.serve.server import Options, serve
+from jaxgpt.storage import StorageError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         options = options_from_args(parse_args(argv))
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, StorageError) as e:
         sys.exit(f"error: {e}")
     sys.exit(serve(options))
 

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from jaxgpt import storage
+from jaxgpt.config import AnyPath, absolute, location
 from jaxgpt.data.tokenizer import load_tokenizer
 from jaxgpt.interop.hf import import_hf
 from jaxgpt.model import GPT
@@ -27,10 +29,11 @@ class ServedModel:
         return self.model.config.block_size
 
 
-def check_model_dir(path: str | Path) -> str:
+def check_model_dir(path: str | AnyPath) -> str:
     """ "workdir" or "hf" for a directory we can serve; a clear error otherwise (cheap: no
     weights are read, so the command can fail before it starts listening)."""
-    path = Path(path)
+    path = location(path, "--workdir")
+    storage.check_readable(path, "model directory")
     if not path.is_dir():
         raise FileNotFoundError(f"{path} does not exist; give a training workdir or an HF folder")
     if (path / "checkpoints").is_dir():
@@ -60,16 +63,19 @@ def _hf_eot_token(path: Path) -> str:
     return eos.get("content", "") if isinstance(eos, dict) else (eos or "")
 
 
-def load_model(path: str | Path, step: int | None = None, name: str | None = None) -> ServedModel:
+def load_model(
+    path: str | AnyPath, step: int | None = None, name: str | None = None
+) -> ServedModel:
     """Load weights and tokenizer; the served name defaults to the directory's name."""
-    path = Path(path)
+    path = location(path, "--workdir")
     kind = check_model_dir(path)
-    name = name or path.resolve().name
+    name = name or absolute(path).name
     if kind == "workdir":
         run = load_run(path, step)
         return ServedModel(name, run.model, run.params, run.tokenizer)
     if step is not None:
         raise ValueError("--step applies to training workdirs; an HF folder holds one checkpoint")
+    path = storage.local_folder(path, "models")  # safetensors are opened as local files
     config, params = import_hf(path, dropout=0.0)
     tokenizer = load_tokenizer(path / "tokenizer.json", _hf_eot_token(path))
     return ServedModel(name, GPT(config), params, tokenizer)
