@@ -159,7 +159,7 @@ def _use_the_run(workdir: str, env: dict[str, str], tmp_path) -> None:
         server.wait_ready(timeout=300)
         reply = httpx.post(
             server.url + "/v1/completions",
-            json={"prompt": "ROMEO:", "max_tokens": 4, "temperature": 0},
+            json={"model": "export", "prompt": "ROMEO:", "max_tokens": 4, "temperature": 0},
             timeout=60,
         )
         assert reply.status_code == 200, reply.text

@@ -16,6 +16,7 @@ from jaxgpt import config as config_lib
 from jaxgpt import metrics as metrics_lib
 from jaxgpt import tracking
 from jaxgpt.checkpoint import BestCheckpoint
+from jaxgpt.config.run import WandbConfig
 from jaxgpt.data.pipeline import device_batches
 from jaxgpt.model import count_params, flops_per_token
 from jaxgpt.run.evaluation import TrainingEval
@@ -38,7 +39,8 @@ def train(
             still runs to the run's last step when resumed).
     """
     # A missing wandb package (train.wandb.project set) fails now, before any data or compute.
-    tracking.check_available(config_lib.run_config(config).train.wandb)
+    wandb = config_lib.from_dict(WandbConfig, config.train.wandb.to_dict(), "train.wandb.")
+    tracking.check_available(wandb)
     run = setup_training(config, workdir)
     tc, trainer, state, step = run.rc.train, run.trainer, run.state, run.start
     evals, writer = _training_eval(run)
@@ -65,7 +67,7 @@ def train(
                     meter.restart()
                 early = "early" if evals.out_of_patience() else None
                 reason = reason or rules.reason(step, at_end) or early
-                reason = _checkpoint(run, (step, state), reason, at_end, (meter, log, guard))
+                reason = _checkpoint(run, (step, state), reason, at_end, (meter, progress, guard))
                 if reason:
                     say(_stop_message(reason, step, evals))
                     break
@@ -102,19 +104,20 @@ def _checkpoint(run: TrainingRun, at: tuple, reason: str | None, at_end: bool, w
     A step's metrics line is written before its checkpoint: a kill between the two can then
     never leave a checkpoint whose step has no line. With train.on_nonfinite=stop, nothing
     after a skipped update is saved."""
-    (step, state), (meter, log, guard) = at, watch
+    (step, state), (meter, progress, guard) = at, watch
     if reason == "nonfinite" or not run.ckpt.due(step, force=at_end or reason is not None):
         return reason
-    log(meter.read_now())
+    progress.log(meter.read_now())
     if stop := guard.check(state):
         return stop
+    progress.writer.sync()  # a bucket's metrics.jsonl holds every line up to the checkpoint
     run.ckpt.save(step, state, force=True)
     return reason
 
 
 def _training_eval(run: TrainingRun) -> tuple[TrainingEval, metrics_lib.MetricsWriter]:
     rc = run.rc
-    sink = None  # opened first: a W&B run that cannot start leaves no files open
+    sink = None  # opened first: a W&B run that cannot start fails before metrics files open
     if run.is_main and rc.train.wandb.enabled:
         sink = tracking.WandbSink.open(rc.train.wandb, run.workdir, run.logged_through)
     writer = metrics_lib.MetricsWriter(run.workdir, enabled=run.is_main, start_step=run.start)
