@@ -4,7 +4,8 @@
 # here. JAX finds the coordinator and the process ids itself from the TPU VM metadata.
 #
 # Usage: launch/tpu_pod.sh [--dry-run] [--stop] [--] [TRAIN ARGS...]
-#   WORKDIR=/mnt/shared/runs/medium ACCELERATOR=v5p-32 launch/tpu_pod.sh --config.mesh.fsdp=-1
+#   WORKDIR=gs://my-bucket/runs/medium DATA_DIR=gs://my-bucket/data/medium ACCELERATOR=v5p-32 \
+#     launch/tpu_pod.sh --config.mesh.fsdp=-1
 #
 #   --dry-run  print the gcloud commands instead of running them (gcloud is not needed)
 #   --stop     send SIGTERM to the trainers on all workers; returns once they have checkpointed
@@ -25,8 +26,9 @@ SPOT=${SPOT:-0}                      # 1 = Spot capacity: cheaper, may be preemp
 QUEUED=${QUEUED:-0}                  # 1 = request through a queued resource (waits for capacity)
 BEST_EFFORT=${BEST_EFFORT:-0}        # with QUEUED=1: the older best-effort tier (gcloud alpha)
 CONFIG=${CONFIG:-configs/medium.py}  # config path inside the repository
-WORKDIR=${WORKDIR:-}                 # required: a path every worker mounts (Filestore, gcsfuse)
-DATA_DIR=${DATA_DIR-jaxgpt-data}     # data dir on every worker (under ~), prepared first; "" = WORKDIR/data
+WORKDIR=${WORKDIR:-}                 # required: gs://BUCKET/PATH, or a path every worker mounts
+DATA_DIR=${DATA_DIR-jaxgpt-data}     # gs://BUCKET/PATH (prepared once, by worker 0) or a dir on every
+                                     # worker (under ~, each prepares its copy); "" = WORKDIR/data
 REPO_URL=${REPO_URL:-}               # git URL the workers clone; empty = copy this checkout
 GIT_REF=${GIT_REF:-}                 # branch or tag to clone; empty = the default branch
 REMOTE_DIR=${REMOTE_DIR:-jaxgpt}     # code dir on the workers (under ~; replaced on every run)
@@ -77,11 +79,14 @@ if [ -z "$VERSION" ]; then
     *) die "no default TPU software version for ACCELERATOR=$ACCELERATOR: set VERSION" ;;
   esac
 fi
-[ "$STOP" = 1 ] || [ -n "$WORKDIR" ] || die "set WORKDIR=PATH on storage every worker mounts"
-case "$WORKDIR" in
-  gs://*) die "WORKDIR=$WORKDIR: jaxgpt does not write to gs:// directly yet; mount the bucket" \
-    "(Cloud Storage FUSE) or a Filestore share at the same path on every worker and give that" ;;
-esac
+[ "$STOP" = 1 ] || [ -n "$WORKDIR" ] ||
+  die "set WORKDIR=gs://BUCKET/PATH (or a path every worker mounts)"
+for dir in "$WORKDIR" "$DATA_DIR"; do
+  case "$dir" in
+    gs://* | s3://* | "") ;;
+    *:/*) die "$dir: only gs://BUCKET/PATH and s3://BUCKET/PATH are bucket locations" ;;
+  esac
+done
 if [ "$DETACH" = 1 ] && [ "$DELETE" = 1 ]; then die "DETACH=1 and DELETE=1 do not go together"; fi
 if [ "$DRY_RUN" != 1 ] && ! command -v gcloud >/dev/null; then
   die "gcloud not found: install the Google Cloud CLI (or use --dry-run)"
@@ -118,7 +123,7 @@ on_all_workers() { tpu_vm ssh "$NAME" --worker=all --command="$1"; }
 # shellcheck disable=SC2016  # "$HOME" is for the remote shell to expand
 remote_path() {
   case "$1" in
-    /*) printf '%q' "$1" ;;
+    /* | gs://* | s3://*) printf '%q' "$1" ;;
     *) printf '"$HOME"/%q' "$1" ;;
   esac
 }
@@ -273,7 +278,7 @@ if [ ! -x $R_PY ]; then
   fi
 fi
 $R_PY -m pip install --quiet --upgrade pip
-$R_PY -m pip install --quiet -e \".[tpu]\""
+$R_PY -m pip install --quiet -e \".[tpu,cloud]\""
 }
 
 # --- training ---------------------------------------------------------------------------------------
@@ -286,13 +291,17 @@ train_command() {
 }
 
 prepare() {
-  # Every worker builds the same data dir (the build is deterministic and skipped when up to date).
+  # A bucket data dir is prepared once, by worker 0, and every worker reads its share from it. A
+  # local one is built by every worker (the build is deterministic and skipped when up to date).
   local cmd a
   cmd="$R_PY -m jaxgpt.prepare --config $(printf '%q' "$CONFIG") --config.data.path=$(remote_path "$DATA_DIR")"
   for a in ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}; do
     case "$a" in --config.*) cmd="$cmd $(printf '%q' "$a")" ;; esac
   done
-  on_all_workers "cd $R_DIR && $cmd"
+  case "$DATA_DIR" in
+    gs://* | s3://*) tpu_vm ssh "$NAME" --worker=0 --command="cd $R_DIR && $cmd" ;;
+    *) on_all_workers "cd $R_DIR && $cmd" ;;
+  esac
 }
 
 stop_trainers() {

@@ -136,7 +136,7 @@ def test_tpu_dry_run_prints_commands_and_calls_nothing(tmp_path):
     out = r.stdout
     # unpack, install, prepare, train
     assert out.count("gcloud compute tpus tpu-vm ssh jx --worker=all '--command=") == 4
-    assert 'pip install --quiet -e ".[tpu]"' in out
+    assert 'pip install --quiet -e ".[tpu,cloud]"' in out
     assert (
         '-m jaxgpt.prepare --config configs/small.py --config.data.path="$HOME"/jaxgpt-data' in out
     )
@@ -220,9 +220,25 @@ def test_tpu_settings_are_checked(tmp_path):
     assert r.returncode == 2 and "v5litepod-32" in r.stderr
     r, _ = _tpu(tmp_path, "--dry-run", DETACH="1", DELETE="1", **TPU_SETTINGS)
     assert r.returncode == 2
-    # The trainer writes its workdir with plain file I/O: a bucket URL would become a local dir.
-    r, _ = _tpu(tmp_path, "--dry-run", **{**TPU_SETTINGS, "WORKDIR": "gs://bucket/run"})
-    assert r.returncode == 2 and "Cloud Storage FUSE" in r.stderr
+    # A URL with a lost slash would be a local folder on every worker: refused.
+    r, _ = _tpu(tmp_path, "--dry-run", **{**TPU_SETTINGS, "WORKDIR": "gs:/bucket/run"})
+    assert r.returncode == 2 and "gs://BUCKET/PATH" in r.stderr
+
+
+def test_tpu_bucket_workdir_and_data_are_prepared_once_and_trained_from(tmp_path):
+    """The standard setup: data prepared once (worker 0) into a bucket, every worker trains
+    from it with its checkpoints in the bucket."""
+    settings = {**TPU_SETTINGS, "WORKDIR": "gs://b/runs/x", "DATA_DIR": "gs://b/data/x"}
+    r, _ = _tpu(tmp_path, "--dry-run", **settings)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    prepare = [line for line in lines if "jaxgpt.prepare" in line]
+    train = [line for line in lines if "jaxgpt.train" in line]
+    assert len(prepare) == 1 and "--worker=0" in prepare[0], prepare
+    assert "--config.data.path=gs://b/data/x" in prepare[0]
+    assert len(train) == 1 and "--worker=all" in train[0]
+    assert "--workdir gs://b/runs/x" in train[0] and "--config.data.path=gs://b/data/x" in train[0]
+    assert any("[tpu,cloud]" in line for line in lines)
 
 
 def test_tpu_stop_dry_run(tmp_path):
