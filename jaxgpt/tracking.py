@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from jaxgpt.config.run import WandbConfig
+from jaxgpt.config import WandbConfig
 
 ID_FILE = "wandb.json"
 INSTALL = "pip install 'jaxgpt[wandb]'"
@@ -101,16 +101,17 @@ class WandbSink:
     def open(cls, cfg: WandbConfig, workdir: Any, logged_through: int) -> WandbSink:
         """Start or resume the workdir's W&B run; its config is WORKDIR/config.json (written by
         the run's setup). logged_through: the last step metrics.jsonl held before this session
-        (0 for a new run); steps up to it are already in W&B."""
+        dropped the steps it redoes (0 in a new workdir); steps up to it are already in W&B."""
         check_available(cfg)
         import wandb
 
         directory = local_dir(workdir)
         directory.mkdir(parents=True, exist_ok=True)
         config = json.loads((workdir / "config.json").read_text())
+        wb_id = run_id(workdir)
         try:
             wb_run = wandb.init(
-                id=run_id(workdir),
+                id=wb_id,
                 resume="allow",
                 project=cfg.project,
                 entity=cfg.entity or None,

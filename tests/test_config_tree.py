@@ -43,6 +43,7 @@ NEWER_KEYS = (
     "train.epochs",
     *(f"data.clean.{k}" for k in NEWER_CLEAN),
     *(f"data.dedup.{k}" for k in ("num_perm", "shingle_size", "seed")),
+    "train.wandb",
 )
 OLD_STYLE = "from configs import base\n\n\ndef get_config():\n    return base.get_config()\n"
 

@@ -273,18 +273,34 @@ def test_each_process_reads_only_its_windows(bucket, small_corpus, monkeypatch):
         np.testing.assert_array_equal(together, whole.local_batch(step))
 
 
+def write_corpus(path: Path) -> Path:
+    words = "the quick brown fox jumps over a lazy dog while wizards hex kings".split()
+    lines = (" ".join(words[(i * 7 + j) % len(words)] for j in range(9)) for i in range(3000))
+    path.write_text("\n".join(lines))
+    return path
+
+
+TRAIN_SETTINGS = {"train.steps": 10, "train.eval_every": 5, "ckpt.every": 5}
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    """The tiny run on local data, in this process: (corpus, its losses)."""
+    tmp = tmp_path_factory.mktemp("local-run")
+    corpus = write_corpus(tmp / "corpus.txt")
+    train(tiny_config(corpus, **{"data.path": str(tmp / "data"), **TRAIN_SETTINGS}), tmp / "run")
+    return corpus, losses(tmp / "run")
+
+
 @pytest.mark.slow
-def test_training_on_bucket_data_matches_local_data(bucket, small_corpus, tmp_path):
+def test_training_on_bucket_data_matches_local_data(bucket, local_run):
     """data.path and the workdir in the bucket: the same losses, bit for bit, as local data."""
     url, _ = bucket
-    settings = {"train.steps": 10, "train.eval_every": 5, "ckpt.every": 5}
-    local_cfg = tiny_config(small_corpus, **{"data.path": str(tmp_path / "data"), **settings})
-    train(local_cfg, tmp_path / "local-run")
-    bucket_cfg = tiny_config(small_corpus, **{"data.path": f"{url}/data", **settings})
-    train(bucket_cfg, f"{url}/run")
-    want, got = losses(tmp_path / "local-run"), losses(f"{url}/run")
+    corpus, want = local_run
+    train(tiny_config(corpus, **{"data.path": f"{url}/data", **TRAIN_SETTINGS}), f"{url}/run")
+    got = losses(f"{url}/run")
     assert sorted(got) == list(range(1, 11))
-    assert got == want  # exact equality of floats
+    assert got == want  # exact equality of the floats
     assert "metadata.json" in objects(f"{url}/data")
 
 
@@ -304,25 +320,31 @@ remote.read_ranges = logged
 sys.argv = ["jaxgpt.train", *sys.argv[1:]]
 runpy.run_module("jaxgpt.train", run_name="__main__")
 """
+MESH = ("--config.mesh.data=1", "--config.mesh.fsdp=4")
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    """1 process × 4 devices on local data (tests/test_multiprocess.py's reference)."""
+    tmp = tmp_path_factory.mktemp("one-process")
+    corpus = write_corpus(tmp / "corpus.txt")
+    mp.run(mp.train_args(corpus, tmp / "ref", 20, *MESH), 4, tmp / "ref.log")
+    return corpus, mp.losses(tmp / "ref")
 
 
 @pytest.mark.slow
-def test_two_processes_read_their_shares_from_the_bucket(bucket, tmp_path, monkeypatch):
+def test_two_processes_read_their_shares_from_the_bucket(
+    bucket, one_process_run, tmp_path, monkeypatch
+):
     """prepare (by process 0) writes the data dir to the bucket; 2 processes × 2 devices then
     train from it, each fetching exactly the windows of its own rows, with the losses of
     1 process × 4 devices on local data."""
     url, _ = bucket
-    corpus = tmp_path / "corpus.txt"
-    words = "the quick brown fox jumps over a lazy dog while wizards hex kings".split()
-    corpus.write_text(
-        "\n".join(" ".join(words[(i * 7 + j) % len(words)] for j in range(9)) for i in range(3000))
-    )
+    corpus, want = one_process_run
     monkeypatch.setenv("JAXGPT_TEST_RANGES", str(tmp_path / "ranges"))
-    mesh = ("--config.mesh.data=1", "--config.mesh.fsdp=4")
-    mp.run(mp.train_args(corpus, tmp_path / "ref", 20, *mesh), 4, tmp_path / "ref.log")
-    args = mp.train_args(corpus, tmp_path / "two", 20, *mesh, f"--config.data.path={url}/data")
+    args = mp.train_args(corpus, tmp_path / "two", 20, *MESH, f"--config.data.path={url}/data")
     mp.run_two_processes([sys.executable, "-c", RANGE_LOGGER, *args[3:]], tmp_path)
-    mp.assert_same_losses(mp.losses(tmp_path / "ref"), mp.losses(tmp_path / "two"), range(1, 21))
+    mp.assert_same_losses(want, mp.losses(tmp_path / "two"), range(1, 21))
 
     info = load_dataset(f"{url}/data")
     assert "data: uploading" in (tmp_path / "proc0.log").read_text()

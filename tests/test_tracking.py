@@ -113,8 +113,17 @@ def test_missing_wandb_fails_before_any_compute(monkeypatch, small_corpus, tmp_p
 # ---------------------------------------------------------------- W&B offline
 
 
+def _read_runs(wandb_dir: Path) -> list[OfflineRun]:
+    """The offline runs, once W&B has written them out: run.finish() returns before wandb-core
+    has flushed the run file; teardown stops the service, which flushes (as at process exit)."""
+    import wandb
+
+    wandb.teardown()
+    return offline_runs(wandb_dir)
+
+
 def _only_run(wandb_dir: Path) -> OfflineRun:
-    (run,) = offline_runs(wandb_dir)
+    (run,) = _read_runs(wandb_dir)
     return run
 
 
@@ -162,12 +171,16 @@ def test_sink_logs_config_lines_samples_plot_and_summary(offline_wandb, tmp_path
 
 @pytest.mark.e2e
 def test_a_failed_run_is_marked_failed(offline_wandb, tmp_path):
+    """Also enough rows that the run file spans several 32 KiB blocks (records cut across them)."""
     (tmp_path / "config.json").write_text("{}")
     sink = tracking.WandbSink.open(WandbConfig(project="p"), tmp_path, 0)
-    sink.write(1, {"loss": 2.0})
+    for step in range(1, 301):
+        sink.write(step, {"loss": 1 / step, "lr": step * 1e-6, "grad_norm": 0.5})
     sink.abandon()  # what the loop does when it raises
     run = _only_run(tmp_path / "wandb")
-    assert run.exit_code == 1 and run.steps_with("loss") == [1]
+    assert next(run.directory.glob("run-*.wandb")).stat().st_size > 3 * 32 * 1024
+    assert run.exit_code == 1 and run.steps_with("loss") == list(range(1, 301))
+    assert all(r["loss"] == 1 / r["_step"] for r in run.history)
 
 
 @pytest.mark.e2e
@@ -194,7 +207,7 @@ def test_resumed_training_continues_the_same_wandb_run(offline_wandb, small_corp
     summary = train(tiny_config(small_corpus, **wb, **{"train.wandb.name": "resumed"}), workdir)
     assert summary.start_step == 10 and summary.steps == 20
 
-    first, second = offline_runs(workdir / "wandb")
+    first, second = _read_runs(workdir / "wandb")
     run_id = json.loads((workdir / "wandb.json").read_text())["id"]
     assert first.run_id == second.run_id == run_id and second.name == "resumed"
     config = json.loads((workdir / "config.json").read_text())  # the resolved config

@@ -39,6 +39,7 @@ from jaxgpt.config.run import (
     OptConfig,
     RunConfig,
     TrainConfig,
+    WandbConfig,
 )
 from jaxgpt.config.tree import ConfigKeyError, from_dict
 
@@ -58,6 +59,7 @@ __all__ = [
     "RunConfig",
     "TokenizerConfig",
     "TrainConfig",
+    "WandbConfig",
     "UnsupportedLocationError",
     "absolute",
     "apply_override",
