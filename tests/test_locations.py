@@ -3,14 +3,13 @@ everywhere, never a local folder named after it; gs:// and s3:// URLs become epa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from etils import epath
 
 from jaxgpt import config as config_lib
 from jaxgpt import evaluate, export, generate, train
-from pathlib import Path
-
-from etils import epath
-
 from jaxgpt.config import (
     UnsupportedLocationError,
     check_location,
