@@ -53,7 +53,7 @@ def check_hooks() -> None:
         raise OrbaxS3Error(
             f"s3:// checkpoints need orbax-checkpoint 0.12 (installed: {ocp.__version__}, which "
             f"lacks {', '.join(missing)}); pip install 'orbax-checkpoint>=0.12,<0.13', or use "
-            "gs:// or a local/mounted workdir"
+            "gs:// or a local or mounted workdir"
         )
 
 
