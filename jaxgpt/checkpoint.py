@@ -89,9 +89,8 @@ def move_aside(step_dir: AnyPath) -> AnyPath:
     target, n = aside_root / step_dir.name, 1
     while target.exists():
         target, n = aside_root / f"{step_dir.name}.{n}", n + 1
-    if is_remote(step_dir):  # a prefix of objects: copy, then delete (what mv does there)
-        fs, key = storage.filesystem(step_dir)
-        fs.mv(key, storage.filesystem(target)[1], recursive=True)
+    if is_remote(step_dir):  # a prefix of objects: copy, then delete
+        storage.move_tree(step_dir, target)
     else:
         shutil.move(str(step_dir), str(target))
     return target

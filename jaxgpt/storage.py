@@ -44,14 +44,18 @@ def filesystem(path: AnyPath | str) -> tuple[Any, str]:
     """(fsspec file system, path within it) for a bucket URL."""
     import fsspec
 
+    kind = scheme(path)
+    # The same instance etils.epath (and so Orbax) uses: one listing cache, kept consistent.
+    options = {"finalize_on_close": True} if kind == "gs" else {}
     try:
-        return fsspec.core.url_to_fs(str(path))
+        fs = fsspec.filesystem(kind, **options)
     except ImportError as e:
         package = _PACKAGES.get(scheme(path), "fsspec")
         raise StorageError(
             f"{path}: reading and writing {scheme(path)}:// needs the {package} package: "
             "pip install 'jaxgpt[cloud]'"
         ) from e
+    return fs, fs._strip_protocol(str(path))
 
 
 def explain(path: AnyPath | str, error: BaseException, doing: str) -> StorageError:
@@ -115,6 +119,19 @@ def upload_tree(local: Path, remote: AnyPath) -> None:
     fs, key = filesystem(remote)
     for file in sorted(p for p in local.rglob("*") if p.is_file()):
         fs.put_file(str(file), f"{key.rstrip('/')}/{file.relative_to(local).as_posix()}")
+
+
+def move_tree(source: AnyPath, target: AnyPath) -> None:
+    """Move every object under a bucket prefix to another prefix of the same bucket: copy each,
+    then delete the originals (buckets have no rename; a failure leaves the originals)."""
+    fs, src = filesystem(source)
+    dst = filesystem(target)[1].rstrip("/")
+    src = src.rstrip("/")
+    names = fs.find(src)
+    for name in names:
+        fs.cp_file(name, dst + name[len(src) :])
+    fs.rm(names)
+    fs.invalidate_cache()
 
 
 def download_tree(remote: AnyPath, local: Path) -> Path:

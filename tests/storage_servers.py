@@ -65,6 +65,10 @@ class S3Server:
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_REGION": "us-east-1",
             "AWS_EC2_METADATA_DISABLED": "true",
+            # No profile files: else TensorStore logs an error per request for the missing
+            # ~/.aws/config (credentials come from the variables above anyway).
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         }
 
     def create_bucket(self, name: str) -> None:

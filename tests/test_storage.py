@@ -197,10 +197,38 @@ def test_missing_credentials_name_what_to_set(storage_servers, monkeypatch):
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
     s3fs = pytest.importorskip("s3fs")
-    s3fs.S3FileSystem.clear_instance_cache()  # instances keep the credentials they found
+    # Instances keep the credentials they found: hide the cached ones for this test, then put
+    # them back (etils.epath holds on to the same instance for the rest of the session).
+    cached = dict(s3fs.S3FileSystem._cache)
+    s3fs.S3FileSystem.clear_instance_cache()
     try:
         with pytest.raises(storage.StorageError) as e:
             storage.check_writable(location("s3://some-bucket/run", "test"))
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
+        s3fs.S3FileSystem._cache.update(cached)
     assert "AWS_ACCESS_KEY_ID" in str(e.value) and "s3://some-bucket/run" in str(e.value)
+
+
+@pytest.mark.e2e
+def test_an_unreadable_bucket_checkpoint_is_moved_aside_and_the_previous_one_restored(bucket):
+    url, _ = bucket
+    state = _state()
+    ckpt = Checkpointer(url + "/run", every=1, keep=3, async_save=False)
+    for step in (1, 2):
+        ckpt.save(step, jax.tree.map(lambda x, k=step: x + k, state))
+    ckpt.close()
+    fs, key = storage.filesystem(url + "/run/checkpoints/2/default")
+    for name in fs.find(key):  # every array chunk of step 2 overwritten with garbage
+        if "/d/" in name:
+            fs.pipe_file(name, b"\x00garbage" * 8)
+    ckpt = Checkpointer(url + "/run", every=1, keep=3, async_save=False)
+    said = []
+    restored, step = ckpt.restore_latest(_abstract(state), said.append)
+    ckpt.close()
+    assert step == 1 and float(restored["params"]["b"][0]) == 2.0
+    assert any("checkpoints/2 cannot be read" in line for line in said), said
+    aside = location(url + "/run/checkpoints.unreadable/2", "test")
+    assert (aside / COMMIT_FILE).exists()  # kept, never deleted
+    left = fs.find(url.split("://")[1] + "/run/checkpoints/2")
+    assert committed_steps(location(url + "/run/checkpoints", "test")) == [1], (said, left)

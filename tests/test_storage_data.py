@@ -15,13 +15,16 @@ import pytest
 
 from jaxgpt import config as config_lib
 from jaxgpt import prepare, storage
+from jaxgpt.data import build as build_lib
 from jaxgpt.data import remote
 from jaxgpt.data.build import prepare_dataset
 from jaxgpt.data.dataset import load_dataset, stale_reason
 from jaxgpt.data.pipeline import TrainBatches
+from jaxgpt.data.sft import SFTBatches, load_examples
 from jaxgpt.run.loop import train
 from tests import test_multiprocess as mp
 from tests.helpers import losses, tiny_config
+from tests.test_sft import planted_pairs, sft_config, write_jsonl
 
 pytestmark = pytest.mark.e2e  # starts storage servers
 
@@ -131,6 +134,30 @@ def test_a_planted_data_dir_without_metadata_is_rebuilt(bucket, small_corpus, mo
     assert stale_reason(f"{url}/data", cfg) is None
 
 
+def test_a_failed_upload_is_not_committed_and_is_retried_without_a_rebuild(
+    bucket, small_corpus, monkeypatch
+):
+    url, _ = bucket
+    cfg = data_config(small_corpus)
+    fs = storage.filesystem(url)[0]
+    put = fs.put
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(fs, "put", broken)
+    with pytest.raises(OSError, match=f"uploading the data dir to {url}/data failed"):
+        prepare_dataset(cfg, f"{url}/data", verbose=False)
+    assert "metadata.json" not in objects(f"{url}/data")  # nothing that looks finished
+    assert list((small_corpus.parent / "cache" / "data-build").rglob("metadata.json"))
+
+    monkeypatch.setattr(fs, "put", put)
+    monkeypatch.setattr(build_lib, "_build_text", lambda *a: pytest.fail("rebuilt"))
+    info = prepare_dataset(cfg, f"{url}/data", verbose=False)  # the local build, uploaded
+    assert stale_reason(info.path, cfg) is None
+    assert not list((small_corpus.parent / "cache" / "data-build").rglob("metadata.json"))
+
+
 def test_a_rebuild_uncommits_first_and_foreign_objects_are_kept(bucket, small_corpus, monkeypatch):
     url, _ = bucket
     cfg = data_config(small_corpus)
@@ -236,6 +263,29 @@ def test_sources_and_buckets_that_do_not_exist(bucket, small_corpus, tmp_path):
     assert not (tmp_path / "cache" / "data-build").exists()
 
 
+def test_sft_data_from_and_in_a_bucket(bucket, tmp_path):
+    """An SFT data dir built from JSONL in a bucket into the bucket: its examples and batches
+    are those of the same data dir on disk."""
+    url, _ = bucket
+    jsonl = write_jsonl(tmp_path / "pairs.jsonl", planted_pairs())
+    fs, key = storage.filesystem(f"{url}/sft/pairs.jsonl")
+    fs.put_file(str(jsonl), key)
+    local_cfg = config_lib.run_config(sft_config(jsonl)).data
+    remote_cfg = config_lib.run_config(sft_config(f"{url}/sft/pairs.jsonl")).data
+    on_disk = prepare_dataset(local_cfg, tmp_path / "data", verbose=False)
+    in_bucket = prepare_dataset(remote_cfg, f"{url}/data", verbose=False)
+    for split in ("train", "val"):
+        a, b = load_examples(on_disk, split), load_examples(in_bucket, split)
+        np.testing.assert_array_equal(a.offsets, b.offsets)
+        ids = np.arange(len(a))
+        np.testing.assert_array_equal(a.rows(ids, 8, 2), b.rows(ids, 8, 2))
+    batches = [
+        SFTBatches(load_examples(d, "train"), d.eot_id, 4, 8, 3) for d in (on_disk, in_bucket)
+    ]
+    for step in range(3):
+        np.testing.assert_array_equal(batches[0].local_batch(step), batches[1].local_batch(step))
+
+
 # ---------------------------------------------------------------- training reads by ranges
 
 
@@ -308,6 +358,7 @@ def test_training_on_bucket_data_matches_local_data(bucket, local_run):
 
 RANGE_LOGGER = """
 import json, os, runpy, sys
+from jaxgpt.data import build as build_lib
 from jaxgpt.data import remote
 log = open(os.environ["JAXGPT_TEST_RANGES"] + "." + os.environ["JAXGPT_PROCESS_ID"], "a")
 read_ranges = remote.read_ranges

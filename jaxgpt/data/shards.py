@@ -82,7 +82,11 @@ class TokenStream:
         self.dtype = np.dtype(dtype)
         self.remote = bool(files) and is_remote(files[0])
         if self.remote:
-            counts = tokens or [remote.size(f) // self.dtype.itemsize for f in files]
+            counts = (
+                tokens
+                if tokens is not None
+                else [remote.size(f) // self.dtype.itemsize for f in files]
+            )
             self.shards = [
                 remote.RemoteShard(f, dtype, n) for f, n in zip(files, counts, strict=True) if n
             ]
