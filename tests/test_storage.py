@@ -232,3 +232,50 @@ def test_an_unreadable_bucket_checkpoint_is_moved_aside_and_the_previous_one_res
     assert (aside / COMMIT_FILE).exists()  # kept, never deleted
     left = fs.find(url.split("://")[1] + "/run/checkpoints/2")
     assert committed_steps(location(url + "/run/checkpoints", "test")) == [1], (said, left)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_fine_tuning_starts_from_a_run_and_an_export_in_a_bucket(bucket, small_corpus, tmp_path):
+    """init_from=workdir:URL and init_from=hf:URL: the first step starts from the same weights
+    as from the local copies (same loss at step 1)."""
+    from jaxgpt.export import main as export_main
+    from jaxgpt.run.loop import train
+    from tests.helpers import losses, tiny_config
+
+    url, _ = bucket
+    data = tmp_path / "data"
+    train(tiny_config(small_corpus, **{"train.steps": 5, "data.path": str(data)}), url + "/base")
+    export_main(["--workdir", url + "/base", "--out", url + "/base-hf"])
+    local_base = storage.local_folder(location(url + "/base", "test"), "test-copy")
+    firsts = {}
+    for name, spec in [
+        ("workdir", f"workdir:{url}/base"),
+        ("local", f"workdir:{local_base}"),
+        ("hf", f"hf:{url}/base-hf"),
+    ]:
+        cfg = tiny_config(
+            small_corpus, **{"train.steps": 2, "init_from": spec, "data.path": str(tmp_path / name)}
+        )
+        train(cfg, tmp_path / f"tune-{name}")
+        firsts[name] = losses(tmp_path / f"tune-{name}")[1]
+    assert firsts["workdir"] == firsts["local"] == firsts["hf"], firsts
+
+
+@pytest.mark.parametrize(
+    ("error", "advice"),
+    [
+        (FileNotFoundError("The specified bucket does not exist"), "create the bucket"),
+        (FileNotFoundError("http://h/storage/v1/b/nobucket/o"), "create the bucket"),
+        (PermissionError("Forbidden"), "may write there"),
+        (RuntimeError("Unable to locate credentials"), "may write there"),
+        (TimeoutError("connect timeout"), "check the URL, the network"),
+    ],
+)
+@pytest.mark.parametrize("url", ["gs://b1/run", "s3://b1/run"])
+def test_bucket_errors_say_what_to_do(error, advice, url):
+    message = str(storage.explain(url, error, "writing"))
+    assert message.startswith(f"writing {url} failed ({type(error).__name__}: ")
+    assert advice in message
+    wanted = "GOOGLE_APPLICATION_CREDENTIALS" if url.startswith("gs") else "AWS_ACCESS_KEY_ID"
+    assert advice == "create the bucket" or wanted in message
