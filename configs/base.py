@@ -118,6 +118,13 @@ def get_config() -> ml_collections.ConfigDict:
     # "skip": go on (step counter and batch order advance) until train.max_skipped in a row.
     c.train.on_nonfinite = "stop"
     c.train.max_skipped = 10  # "skip": consecutive skipped steps that end the run
+    # lm-evaluation-harness tasks at each evaluation (pip install 'jaxgpt[eval]'): their scores
+    # go next to eval_loss, as task/<task>/<metric> (metrics.jsonl, TensorBoard, W&B).
+    # Loglikelihood kinds only (multiple_choice, loglikelihood, loglikelihood_rolling); tasks
+    # that generate are refused at the start. See docs/evaluation.md.
+    c.train.eval_tasks = ""  # comma-separated lm-eval task names ("" = none)
+    c.train.eval_tasks_path = ""  # local folder of task YAMLs (lm-eval's --include_path)
+    c.train.eval_tasks_limit = 0  # documents per task at each evaluation (0 = all)
     # Weights & Biases tracking (pip install 'jaxgpt[wandb]'): process 0 logs the resolved
     # config, the metrics.jsonl scalars, the eval samples, the loss plot and the summary; a
     # resumed run continues the same W&B run (its id is kept in WORKDIR/wandb.json).

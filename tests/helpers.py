@@ -6,9 +6,11 @@ build configs at module level or vary them per test.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import ml_collections
+import numpy as np
 
 from jaxgpt import metrics as metrics_lib
 from jaxgpt.config import load_config_file, override
@@ -44,3 +46,31 @@ def losses(workdir: Path) -> dict[int, float]:
     return {
         r["step"]: r["loss"] for r in metrics_lib.read_metrics(workdir) if r.get("loss") is not None
     }
+
+
+# SFT: planted prompt/completion pairs only memorizing can predict.
+def planted_pairs(n: int = 48) -> list[tuple[str, str]]:
+    """name=CODE pairs with random codes: only memorizing the mapping predicts a completion."""
+    rng = np.random.default_rng(0)
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+    return [(f"item{i}=", "".join(rng.choice(letters, 4)) + ";") for i in range(n)]
+
+
+def write_jsonl(path, pairs, extra_lines=()):
+    lines = [json.dumps({"prompt": p, "completion": c}) for p, c in pairs]
+    path.write_text("\n".join([*lines, *extra_lines]) + "\n")
+    return path
+
+
+def sft_config(jsonl, **overrides):
+    settings = {
+        "data.format": "sft",
+        "data.sources": f"jsonl:{jsonl}",
+        "data.val_fraction": 0.1,
+        "model.block_size": 16,
+        "model.n_embd": 64,
+        "model.dropout": 0.0,
+        "train.sample_tokens": 0,
+        "train.eval_every": 0,
+    }
+    return tiny_config(jsonl, **{**settings, **overrides})

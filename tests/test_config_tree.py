@@ -44,6 +44,7 @@ NEWER_KEYS = (
     *(f"data.clean.{k}" for k in NEWER_CLEAN),
     *(f"data.dedup.{k}" for k in ("num_perm", "shingle_size", "seed")),
     "train.wandb",
+    *(f"train.{k}" for k in ("eval_tasks", "eval_tasks_path", "eval_tasks_limit")),
 )
 OLD_STYLE = "from configs import base\n\n\ndef get_config():\n    return base.get_config()\n"
 

@@ -19,6 +19,7 @@ import pytest
 
 from jaxgpt.run.loop import train
 from jaxgpt.serve.text import TextStream
+from tests.helpers import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -32,8 +33,6 @@ KEY = "test-key-0123456789"
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    from tests.test_train import tiny_config
-
     tmp = tmp_path_factory.mktemp("serve")
     corpus = tmp / "corpus.txt"
     corpus.write_text("".join(f"line {i % 13}: the cat sat on the mat.\n" for i in range(2000)))

@@ -25,6 +25,7 @@ class CharTokenizer:
 
     alphabet = "abcdefghijklmnopqrstuvwxyz "
     eot_id = 27
+    eot_token = "<eot>"
     vocab_size = 28
 
     def encode(self, text: str) -> list[int]:
@@ -39,7 +40,8 @@ class ScriptedEngine:
     per token; `fail` makes submit raise, `error_choice` makes that choice fail mid-way."""
 
     def __init__(self, max_queue: int = 8):
-        self.max_queue, self.n_waiting, self.n_busy = max_queue, 3, 2
+        self.max_queue, self.n_waiting, self.n_busy, self.n_scoring = max_queue, 3, 2, 1
+        self.can_score = True
         self.jobs: list[Job] = []
         self.cancelled: list[Job] = []
         self.fail: Exception | None = None
@@ -213,7 +215,19 @@ CASES = [
     ({"prompt": "ab"}, "model: field required", "model", None),
     ({**OK, "stream_options": {"x": 1}}, "Extra inputs", "stream_options.x", None),
     ({**OK, "max_tokenz": 5}, "max_tokenz: Extra inputs are not permitted", "max_tokenz", None),
-    ({**OK, "echo": True}, "echo is not supported", None, None),
+    ({**OK, "echo": True, "max_tokens": 1, "stream": True}, "echo cannot be streamed", None,
+     None),
+    ({**OK, "echo": True}, "echo supports max_tokens 0 (score the prompt) or 1", None, None),
+    ({**OK, "max_tokens": 0}, "max_tokens 0 needs echo: true", None, None),
+    ({**OK, "logprobs": 6}, "logprobs must be 0 to 5", "logprobs", None),
+    ({**OK, "echo": True, "max_tokens": 1, "prompt": [[1] * 9]},
+     "prompt (9 tokens) is more than the model's context of 8 tokens; a scored (echo) prompt "
+     "must fit the context; with lm-eval's local-completions pass max_length=9 in --model_args",
+     "prompt", TOO_LONG),
+    ({**OK, "echo": True, "max_tokens": 0, "prompt": [[3, 28]]},
+     "prompt token ids must be in [0, 28)", "prompt", None),
+    ({**OK, "num_beams": 2}, "num_beams > 1 (beam search) is not supported", None, None),
+    ({**OK, "stop": ["q"] * 17}, "at most 16 stop sequences", "stop", None),
     ({**OK, "max_tokens": 33}, "more than this server allows (32)", "max_tokens", None),
     ({**OK, "prompt": "abcdefghi"}, "prompt (9 tokens) is more than the model's context of 8",
      "prompt", TOO_LONG),
@@ -305,6 +319,7 @@ def test_metrics_count_requests_tokens_and_read_the_engine(client):
     assert metric(client, "jaxgpt_ready") == 1
     assert metric(client, "jaxgpt_queue_waiting_choices") == 3  # the engine's n_waiting
     assert metric(client, "jaxgpt_busy_slots") == 2
+    assert metric(client, "jaxgpt_queue_waiting_score_rows") == 1
 
 
 def test_api_key_guards_every_endpoint(engine):
@@ -319,8 +334,10 @@ def test_api_key_guards_every_endpoint(engine):
             error = error_of(reply)
             assert (error["type"], error["code"]) == ("authentication_error", "invalid_api_key")
             assert "Authorization: Bearer <key>" in error["message"]
-        for path in ("/health", "/metrics", "/v1/models", "/v1/nothing"):
+        for path in ("/health", "/metrics", "/v1/models", "/v1/nothing", "/tokenizer_info"):
             assert c.get(path).status_code == 401, path
+        for path in ("/tokenize", "/detokenize"):
+            assert c.post(path, json={"prompt": "ab", "tokens": [1]}).status_code == 401, path
         assert engine.jobs == []
         assert post(c, OK, headers=good).status_code == 200
         assert c.get("/v1/models", headers=good).status_code == 200
@@ -365,3 +382,76 @@ def test_a_failed_load_is_reported_and_never_ready():
         assert done.wait(10)
         assert c.get("/health").status_code == 503
     assert [type(e) for e in errors] == [FileNotFoundError]
+
+
+def test_tokenizer_info_names_end_of_text_as_bos_and_eos(client):
+    info = client.get("/tokenizer_info").json()
+    assert (info["eos_token"], info["bos_token"], info["pad_token"]) == ("<eot>", "<eot>", None)
+    assert (info["eos_token_id"], info["vocab_size"], info["model_max_length"]) == (27, 28, 8)
+    assert info["chat_template"] is None
+
+
+def test_tokenize_and_detokenize(client):
+    reply = client.post("/tokenize", json={"prompt": "ab c", "add_special_tokens": False})
+    assert reply.json() == {"tokens": [0, 1, 26, 2], "count": 4, "max_model_len": CONTEXT}
+    # lm-eval finds the eos id as encode(eos_token)[0]: the name is the token, not its letters.
+    assert client.post("/tokenize", json={"prompt": "<eot>"}).json()["tokens"] == [27]
+    assert client.post("/tokenize", json={"prompt": ""}).json()["tokens"] == []
+    assert client.post("/detokenize", json={"tokens": [7, 8]}).json() == {"prompt": "hi"}
+    assert client.post("/tokenize", json={"model": "tiny", "prompt": "a"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/tokenize", {"prompt": 5}, 400, "prompt: Input should be a valid string"),
+        ("/tokenize", {"prompt": "a", "extra": 1}, 400, "extra: Extra inputs are not permitted"),
+        ("/tokenize", {"messages": []}, 400, "chat messages are not supported"),
+        ("/tokenize", {"prompt": "\ud800"}, 400, "prompt is not valid Unicode"),
+        ("/tokenize", {"model": "gpt-4", "prompt": "a"}, 404, "this server serves 'tiny'"),
+        ("/detokenize", {"tokens": [1, 28]}, 400, "token ids must be in [0, 28) (got [28])"),
+        ("/detokenize", {"tokens": [-1]}, 400, "(got [-1])"),
+        ("/detokenize", {"tokens": "ab"}, 400, "tokens: Input should be a valid list"),
+        ("/detokenize", [1, 2], 400, "must be a JSON object"),
+    ],
+)
+def test_tokenizer_endpoints_refuse_bad_requests(client, path, body, status, message):
+    reply = client.post(path, content=json.dumps(body).encode())
+    assert reply.status_code == status, reply.text
+    assert message in error_of(reply)["message"]
+    requests = 'jaxgpt_requests_total{endpoint="%s",code="%s"}'
+    assert metric(client, requests % (path, status)) == 1
+
+
+def test_tokenizer_endpoints_wait_for_the_model(engine):
+    loaded = threading.Event()
+
+    def slow_load(metrics) -> Backend:
+        assert loaded.wait(10)
+        return Backend(served(), engine)
+
+    with TestClient(create_app(Settings(), slow_load)) as c:
+        for reply in (c.get("/tokenizer_info"), c.post("/tokenize", json={"prompt": "a"})):
+            assert reply.status_code == 503 and reply.headers["retry-after"] == "5"
+        loaded.set()
+        wait_ready(c)
+        assert c.get("/tokenizer_info").status_code == 200
+
+
+def test_echo_jobs_reach_the_engine(client, engine):
+    body = {**OK, "prompt": [[1, 2, 3], [4]], "echo": True, "max_tokens": 1, "logprobs": 1}
+    assert post(client, body).status_code == 200
+    assert post(client, {**OK, "echo": True, "max_tokens": 0}).status_code == 200
+    assert [(j.echo, j.max_tokens, j.prompts) for j in engine.jobs] == [
+        (True, 1, [[1, 2, 3], [4]]),
+        (True, 0, [[0, 1]]),
+    ]
+    # A scored prompt may fill the context, as a decoded one may.
+    assert post(client, {**OK, "prompt": [[1] * CONTEXT], "echo": True, "max_tokens": 0}).ok
+
+
+def test_echo_is_refused_when_the_server_scores_nothing(client, engine):
+    engine.can_score = False
+    reply = post(client, {**OK, "echo": True, "max_tokens": 0})
+    assert reply.status_code == 400 and "--score_rows 0" in error_of(reply)["message"]
+    assert engine.jobs == []

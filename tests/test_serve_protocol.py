@@ -10,6 +10,8 @@ from jaxgpt.serve.engine import Event, TokenLogprob
 from jaxgpt.serve.protocol import (
     CompletionBuilder,
     CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
     error_body,
     logprobs_body,
     validation_message,
@@ -49,20 +51,25 @@ def test_defaults_match_the_documented_table():
         ({"n": 1.0}, "n: Input should be a valid integer (got 1.0)"),
         ({"n": True}, "n: Input should be a valid integer (got True)"),
         ({"stream": "yes"}, "stream: Input should be a valid boolean"),
-        ({"max_tokens": 0}, "max_tokens: Input should be greater than or equal to 1 (got 0)"),
+        ({"max_tokens": -1}, "max_tokens: Input should be greater than or equal to 0 (got -1)"),
         ({"n": 0}, "n: Input should be greater than or equal to 1"),
         ({"temperature": 2.5}, "temperature: Input should be less than or equal to 2"),
         ({"temperature": -0.1}, "temperature: Input should be greater than or equal to 0"),
         ({"top_p": 0.0}, "top_p: Input should be greater than 0"),
         ({"top_p": 1.01}, "top_p: Input should be less than or equal to 1"),
         ({"top_k": -1}, "top_k: Input should be greater than or equal to 0"),
-        ({"logprobs": 6}, "logprobs: Input should be less than or equal to 5"),
+        ({"logprobs": 6}, "logprobs: Value error, logprobs must be 0 to 5 (alternatives per"),
+        ({"logprobs": -1}, "logprobs must be 0 to 5"),
         ({"seed": 2**63}, "seed: Input should be less than 9223372036854775808"),
         ({"seed": -(2**63) - 1}, "seed: Input should be greater than or equal to"),
         ({"max_tokenz": 5}, "max_tokenz: Extra inputs are not permitted (got 5)"),
         ({"stream_options": {"usage": True}}, "stream_options.usage: Extra inputs are not"),
-        ({"stop": ["a", "b", "c", "d", "e"]}, "at most 4 stop sequences"),
+        ({"stop": ["s"] * 17}, "at most 16 stop sequences"),
         ({"stop": [""]}, "String should have at least 1 character"),
+        ({"stop": ["x" * 129]}, "String should have at most 128 characters"),
+        ({"stop": "x" * 129}, "String should have at most 128 characters"),
+        ({"max_new_tokens": -1}, "max_new_tokens: Input should be greater than or equal to 0"),
+        ({"num_beams": 1.0}, "num_beams: Input should be a valid integer"),
     ],
 )
 def test_strict_validation_names_the_field(fields, message):
@@ -96,7 +103,12 @@ def test_a_validation_error_without_location_says_body():
 @pytest.mark.parametrize(
     ("fields", "phrase"),
     [
-        ({"echo": True}, "echo is not supported"),
+        ({"echo": True, "stream": True}, "echo cannot be streamed"),
+        ({"echo": True, "max_tokens": 2}, "echo supports max_tokens 0 (score the prompt) or 1"),
+        ({"max_tokens": 0}, "max_tokens 0 needs echo: true"),
+        ({"num_beams": 4}, "num_beams > 1 (beam search) is not supported"),
+        ({"repetition_penalty": 1.2}, "repetition_penalty is not supported"),
+        ({"do_sample": False, "temperature": 0.7}, "do_sample false asks for greedy decoding"),
         ({"suffix": "tail"}, "suffix (insertion) is not supported"),
         ({"best_of": 3}, "best_of is not supported"),
         ({"presence_penalty": 0.5}, "presence_penalty and frequency_penalty"),
@@ -111,6 +123,25 @@ def test_unsupported_fields_are_refused_with_a_reason(fields, phrase):
 def test_harmless_values_of_unsupported_fields_are_accepted():
     r = request(echo=False, suffix="", best_of=1, presence_penalty=0.0, logit_bias={}, user="u")
     assert r.unsupported() is None
+
+
+def test_what_lm_eval_sends_is_accepted():
+    """local-completions' loglikelihood payload, and a generate_until payload with the
+    generation_kwargs shipped tasks forward (stop lists of 5 + end-of-text)."""
+    score = request(prompt=[[5, 6, 7], [5, 6]], temperature=0, max_tokens=1, logprobs=1,
+                    seed=1234, echo=True)  # fmt: skip
+    assert score.unsupported() is None and score.temperature == 0.0
+    assert request(prompt=[5], echo=True, max_tokens=0).unsupported() is None
+    stops = ["\nclass", "\ndef", "\n#", "\nif", "\nprint", "</s>"]
+    gen = request(prompt=[[5, 6]], max_tokens=256, temperature=0, stop=stops, seed=1234,
+                  top_p=0.95, num_beams=1, repetition_penalty=1, do_sample=False)  # fmt: skip
+    assert gen.unsupported() is None and gen.stops == stops
+    assert request(do_sample=True, temperature=0.8).unsupported() is None
+
+
+def test_max_new_tokens_is_a_second_cap():
+    assert request(max_tokens=256, max_new_tokens=150).max_tokens == 150
+    assert request(max_tokens=16, max_new_tokens=150).max_tokens == 16
 
 
 @pytest.mark.parametrize(
@@ -243,3 +274,51 @@ def test_usage_chunk_is_the_envelope_with_no_choices():
     chunk = out.usage_chunk(2)
     assert chunk["choices"] == [] and chunk["object"] == "text_completion"
     assert chunk["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+
+
+def test_logprobs_body_of_an_echoed_prompt_starts_with_nulls():
+    tokens = [TokenLogprob(1, None, None), TokenLogprob(2, -0.25, [(2, -0.25)])]
+    body = logprobs_body(tokens, decode, 0)
+    assert body["token_logprobs"] == [None, -0.25]
+    assert body["top_logprobs"] == [None, {"llo": -0.25}]
+    assert body["tokens"] == ["He", "llo"] and body["text_offset"] == [0, 2]
+
+
+def test_alternatives_with_the_same_text_keep_the_most_likely():
+    """Byte pieces decode alike (7 and 8 both to ""): the dict keeps the first, best value, so
+    lm-eval's `logprob == max(top.values())` greedy test stays right."""
+    PIECES[8] = ""
+    try:
+        body = logprobs_body([TokenLogprob(7, -0.1, [(7, -0.1), (8, -2.0)])], decode, 0)
+    finally:
+        del PIECES[8]
+    assert body["top_logprobs"] == [{"": -0.1}]
+
+
+def test_an_echo_response_starts_with_the_prompt():
+    out = CompletionBuilder("cmpl-6", "m", 2, 1, decode, echo=["Hello", "Hello"])
+    prompt = [TokenLogprob(1, None, None), lp(2, -0.2)]
+    out.add(Event(0, " wor", 1, [*prompt, lp(3, -0.3)], "length"))
+    out.add(Event(1, "", 1, [*prompt, lp(7, -0.7)], "stop"))  # end of text drawn: no text
+    whole = out.response(prompt_tokens=4)
+    first, second = whole["choices"]
+    assert (first["text"], second["text"]) == ("Hello wor", "Hello")
+    assert first["logprobs"]["token_logprobs"] == [None, -0.2, -0.3]
+    assert first["logprobs"]["top_logprobs"] == [None, {"llo": -0.2}, {" wor": -0.3}]
+    assert first["logprobs"]["text_offset"] == [0, 2, 5]
+    assert len(second["logprobs"]["tokens"]) == 3  # len(prompt) + 1, as lm-eval cuts [:-1]
+    assert whole["usage"] == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
+
+
+def test_tokenize_requests_are_strict_and_refuse_chat_messages():
+    r = TokenizeRequest.model_validate({"prompt": "hi", "add_special_tokens": False})
+    assert (r.prompt, r.add_special_tokens, r.model) == ("hi", False, None)
+    with pytest.raises(ValidationError) as error:
+        TokenizeRequest.model_validate({"messages": [{"role": "user", "content": "hi"}]})
+    assert "chat messages are not supported" in validation_message(error.value)
+    with pytest.raises(ValidationError) as error:
+        TokenizeRequest.model_validate({"prompt": [1, 2]})
+    assert validation_message(error.value).startswith("prompt: Input should be a valid string")
+    assert DetokenizeRequest.model_validate({"tokens": [1, 2]}).tokens == [1, 2]
+    with pytest.raises(ValidationError):
+        DetokenizeRequest.model_validate({"tokens": ["1"]})

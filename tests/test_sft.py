@@ -14,6 +14,7 @@ import pytest
 
 from jaxgpt.model import GPT, GPTConfig
 from jaxgpt.state import TrainState, next_token_loss, split_targets, train_step
+from tests.helpers import planted_pairs, sft_config, write_jsonl
 
 CFG = GPTConfig(vocab_size=50, block_size=12, n_layer=2, n_head=2, n_embd=16)
 
@@ -85,37 +86,6 @@ def test_microbatches_average_over_all_targets_of_the_batch():
 
 
 # ---------------------------------------------------------------- data and an end-to-end run
-
-
-def planted_pairs(n: int = 48) -> list[tuple[str, str]]:
-    """name=CODE pairs with random codes: only memorizing the mapping predicts a completion."""
-    rng = np.random.default_rng(0)
-    letters = list("abcdefghijklmnopqrstuvwxyz")
-    return [(f"item{i}=", "".join(rng.choice(letters, 4)) + ";") for i in range(n)]
-
-
-def write_jsonl(path, pairs, extra_lines=()):
-    import json
-
-    lines = [json.dumps({"prompt": p, "completion": c}) for p, c in pairs]
-    path.write_text("\n".join([*lines, *extra_lines]) + "\n")
-    return path
-
-
-def sft_config(jsonl, **overrides):
-    from tests.helpers import tiny_config
-
-    settings = {
-        "data.format": "sft",
-        "data.sources": f"jsonl:{jsonl}",
-        "data.val_fraction": 0.1,
-        "model.block_size": 16,
-        "model.n_embd": 64,
-        "model.dropout": 0.0,
-        "train.sample_tokens": 0,
-        "train.eval_every": 0,
-    }
-    return tiny_config(jsonl, **{**settings, **overrides})
 
 
 def test_sft_data_dir_flags_prompts_and_reports_bad_lines(tmp_path):

@@ -22,9 +22,8 @@ from jaxgpt.data.dataset import load_dataset, stale_reason
 from jaxgpt.data.pipeline import TrainBatches
 from jaxgpt.data.sft import SFTBatches, load_examples
 from jaxgpt.run.loop import train
-from tests import test_multiprocess as mp
-from tests.helpers import losses, tiny_config
-from tests.test_sft import planted_pairs, sft_config, write_jsonl
+from tests import multiprocess_harness as mp
+from tests.helpers import losses, planted_pairs, sft_config, tiny_config, write_jsonl
 
 pytestmark = pytest.mark.e2e  # starts storage servers
 
@@ -393,9 +392,10 @@ def test_two_processes_read_their_shares_from_the_bucket(
     url, _ = bucket
     corpus, want = one_process_run
     monkeypatch.setenv("JAXGPT_TEST_RANGES", str(tmp_path / "ranges"))
-    args = mp.train_args(corpus, tmp_path / "two", 20, *MESH, f"--config.data.path={url}/data")
+    workdir = f"{url}/two"  # checkpoints in the bucket too, written by both processes
+    args = mp.train_args(corpus, workdir, 20, *MESH, f"--config.data.path={url}/data")
     mp.run_two_processes([sys.executable, "-c", RANGE_LOGGER, *args[3:]], tmp_path)
-    mp.assert_same_losses(want, mp.losses(tmp_path / "two"), range(1, 21))
+    mp.assert_same_losses(want, mp.losses(workdir), range(1, 21))
 
     info = load_dataset(f"{url}/data")
     assert "data: uploading" in (tmp_path / "proc0.log").read_text()
@@ -410,3 +410,18 @@ def test_two_processes_read_their_shares_from_the_bucket(
         assert train_reads == sorted((2 * s, 2 * (s + 33)) for s in starts)
         shares.append(set(train_reads))
     assert not shares[0] & shares[1]  # disjoint: no window fetched by both
+    _resume_from_the_bucket(workdir, args, want, tmp_path)
+
+
+def _resume_from_the_bucket(workdir: str, args: list[str], want, tmp_path) -> None:
+    """Each process wrote its own shards of the checkpoint; with the last checkpoint gone (a
+    preemption before it), both processes resume from the previous one in the bucket and redo
+    the steps with the same losses."""
+    fs, key = storage.filesystem(workdir + "/checkpoints/20")
+    shards = {n.split("/")[-2] for n in fs.find(key) if "/ocdbt.process_" in n}
+    assert shards >= {"ocdbt.process_0", "ocdbt.process_1"}, shards
+    fs.rm(fs.find(key))
+    fs.invalidate_cache()
+    mp.run_two_processes(args, tmp_path)
+    assert f"resumed from {workdir}/checkpoints/10" in (tmp_path / "proc0.log").read_text()
+    mp.assert_same_losses(want, mp.losses(workdir), range(1, 21))

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from jaxgpt.config.data import DataConfig
+from jaxgpt.config.locations import check_location
 from jaxgpt.config.model import GPTConfig
 
 OPTIMIZERS = ("adamw", "adam", "adabelief")
@@ -108,6 +109,10 @@ class TrainConfig:
     early_stop_patience: int = 0
     on_nonfinite: str = "stop"  # "stop" | "skip": what a step with a NaN/inf loss or gradient does
     max_skipped: int = 10
+    # lm-evaluation-harness tasks scored at each evaluation ("" = none; the [eval] extra).
+    eval_tasks: str = ""  # comma-separated task names, e.g. "toy_mc,hellaswag"
+    eval_tasks_path: str = ""  # a local folder of task YAMLs (lm-eval's --include_path)
+    eval_tasks_limit: int = 0  # documents per task at each evaluation; 0 = all
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
 
     def __post_init__(self):
@@ -115,7 +120,8 @@ class TrainConfig:
             raise ValueError(
                 f'train.on_nonfinite must be "stop" or "skip", got {self.on_nonfinite!r}'
             )
-        for key in ("epochs", "early_stop_patience"):
+        check_location(self.eval_tasks_path, "train.eval_tasks_path", remote_ok=False)
+        for key in ("epochs", "early_stop_patience", "eval_tasks_limit"):
             if getattr(self, key) < 0:
                 raise ValueError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         for key in (

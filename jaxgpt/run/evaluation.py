@@ -1,5 +1,6 @@
 """The one evaluation loop (sharded, exact mean over weighted targets), and what the training
-loop does at each evaluation: validation loss, a sample, best params, early stopping."""
+loop does at each evaluation: validation loss, lm-eval task scores (train.eval_tasks), a
+sample, best params, early stopping."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxgpt import lm_eval_model
 from jaxgpt import sharding as sharding_lib
 from jaxgpt.checkpoint import BestCheckpoint
 from jaxgpt.config import TrainConfig
@@ -59,6 +61,43 @@ def perplexity(loss: float) -> float:
     return float(math.exp(min(loss, 50.0)))
 
 
+class TaskEvals:
+    """lm-evaluation-harness tasks (train.eval_tasks) scored with the params being trained, on
+    the trainer's mesh (no second copy of the params). Every process runs every batch (the
+    forward passes are collective); lm-eval runs in each process over the same requests."""
+
+    def __init__(self, trainer: Trainer, tokenizer: Any, cfg: TrainConfig, batch_size: int):
+        """Loads the tasks now, so a missing extra, an unknown task or a generation task fails
+        before the first step."""
+        names = [n.strip() for n in cfg.eval_tasks.split(",") if n.strip()]
+        self.tasks = lm_eval_model.load_scoring_tasks(
+            names, cfg.eval_tasks_path or None, f"train.eval_tasks={cfg.eval_tasks!r}"
+        )
+        placement = lm_eval_model.Placement(
+            trainer.mesh, trainer.rules, trainer.state_shardings.params, trainer.batch_sharding
+        )
+        self.backend = lm_eval_model.ShardedLM(
+            trainer.model, None, tokenizer, placement, batch_size=batch_size
+        )
+        self.lm = lm_eval_model.lm_class()(backend=self.backend)
+        self.limit = cfg.eval_tasks_limit or None
+
+    def __call__(self, params: Any) -> dict[str, float]:
+        """{"task/<task>/<metric>": value} for these params."""
+        self.backend.params = params
+        quiet = jax.process_index() != 0
+        return lm_eval_model.score_tasks(self.lm, self.tasks, self.limit, quiet)
+
+
+def task_report(scores: dict[str, float]) -> str:
+    """One line per task: `toy_mc: acc 0.6000, acc_norm 0.4000`."""
+    by_task: dict[str, list[str]] = {}
+    for key, value in scores.items():
+        _, task, metric = key.split("/", 2)
+        by_task.setdefault(task, []).append(f"{metric} {value:.4f}")
+    return "".join(f"\n  {task}: {', '.join(m)}" for task, m in by_task.items())
+
+
 class TrainingEval:
     """What the training loop does at an evaluation, and the early-stopping rule."""
 
@@ -72,11 +111,13 @@ class TrainingEval:
         tokenizer: Any,
         rng: jax.Array,
         sink: WandbSink | None = None,
+        tasks: TaskEvals | None = None,
     ):
-        """sink: W&B tracking (process 0 with train.wandb on), fed the eval lines and samples."""
+        """sink: W&B tracking (process 0 with train.wandb on), fed the eval lines and samples.
+        tasks: lm-eval task scores logged with each eval line (train.eval_tasks)."""
         self.trainer, self.val_local, self.cfg = trainer, val_local, train_cfg
         self.best, self.writer, self.tokenizer, self.rng = best, writer, tokenizer, rng
-        self.sink = sink
+        self.sink, self.tasks = sink, tasks
 
     def loss(self, params: Any) -> tuple[float, float]:
         """(validation loss, perplexity), nothing written."""
@@ -86,11 +127,12 @@ class TrainingEval:
     def __call__(self, step: int, params: Any) -> tuple[float, float, str]:
         """Evaluate, write the eval line, sample, update the best params; (loss, ppl, report)."""
         loss, ppl = self.loss(params)
-        line = {"eval_loss": loss, "eval_ppl": ppl}
+        scores = self.tasks(params) if self.tasks is not None else {}
+        line = {"eval_loss": loss, "eval_ppl": ppl, **scores}
         self.writer.write(step, line)
         if self.sink is not None:
             self.sink.write(step, line)
-        report = f"step {step}: val loss {loss:.4f}, perplexity {ppl:.2f}"
+        report = f"step {step}: val loss {loss:.4f}, perplexity {ppl:.2f}" + task_report(scores)
         if self.cfg.sample_tokens:  # every process: the params are spread over all of them
             text = self.sample(step, params)
             report += f"\n  sample: {text!r}"

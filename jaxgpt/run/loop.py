@@ -19,10 +19,10 @@ from jaxgpt.checkpoint import BestCheckpoint
 from jaxgpt.config.run import WandbConfig
 from jaxgpt.data.pipeline import device_batches
 from jaxgpt.model import count_params, flops_per_token
-from jaxgpt.run.evaluation import TrainingEval
+from jaxgpt.run.evaluation import TaskEvals, TrainingEval
 from jaxgpt.run.meter import StepMeter
 from jaxgpt.run.nonfinite import NonFiniteError, NonFiniteGuard
-from jaxgpt.run.setup import TrainingRun, setup_training
+from jaxgpt.run.setup import TrainingRun, eval_batch_size, setup_training
 from jaxgpt.run.stopping import Preemption, StopRules
 from jaxgpt.run.summary import Summary, format_summary
 
@@ -117,6 +117,9 @@ def _checkpoint(run: TrainingRun, at: tuple, reason: str | None, at_end: bool, w
 
 def _training_eval(run: TrainingRun) -> tuple[TrainingEval, metrics_lib.MetricsWriter]:
     rc = run.rc
+    tasks = None  # loaded first: a missing extra or a bad task name fails before anything opens
+    if rc.train.eval_tasks:
+        tasks = TaskEvals(run.trainer, run.data.tokenizer(), rc.train, eval_batch_size(rc.train))
     sink = None  # opened first: a W&B run that cannot start fails before metrics files open
     if run.is_main and rc.train.wandb.enabled:
         sink = tracking.WandbSink.open(rc.train.wandb, run.workdir, run.logged_through)
@@ -126,7 +129,7 @@ def _training_eval(run: TrainingRun) -> tuple[TrainingEval, metrics_lib.MetricsW
         best = BestCheckpoint(run.workdir, rc.ckpt.keep_best, run.start)
     rng = jax.random.key(rc.train.seed)
     evals = TrainingEval(
-        run.trainer, run.val_local, rc.train, best, writer, run.data.tokenizer(), rng, sink
+        run.trainer, run.val_local, rc.train, best, writer, run.data.tokenizer(), rng, sink, tasks
     )
     return evals, writer
 

@@ -24,7 +24,7 @@ from jaxgpt.checkpoint import Checkpointer
 from jaxgpt.config import AnyPath, RunConfig, TrainConfig
 from jaxgpt.data import sft
 from jaxgpt.data.build import prepare_dataset
-from jaxgpt.data.dataset import DatasetInfo
+from jaxgpt.data.dataset import DatasetInfo, load_dataset
 from jaxgpt.data.pipeline import TrainBatches, eval_windows
 from jaxgpt.model import GPT, GPTConfig, count_params
 from jaxgpt.optimizer import make_optimizer, make_schedule
@@ -164,13 +164,17 @@ def setup_training(config: ml_collections.ConfigDict, workdir: str | AnyPath) ->
 
 def _prepare_data(rc: RunConfig, workdir: AnyPath) -> DatasetInfo:
     """Process 0 builds the data dir; the others then find it current (shared storage) or
-    build the identical one (local storage): building is deterministic."""
+    build the identical one (local storage): building is deterministic. A data dir in a bucket
+    is only read by the others: they need neither the sources nor a build of their own."""
     data_dir = rc.data.path or workdir / "data"
     if jax.process_index() == 0:
         data = prepare_dataset(rc.data, data_dir)
     distributed.barrier("data prepared")
     if jax.process_index() != 0:
-        data = prepare_dataset(rc.data, data_dir, verbose=False)
+        if config_lib.is_remote(data_dir):
+            data = load_dataset(data_dir)
+        else:
+            data = prepare_dataset(rc.data, data_dir, verbose=False)
     return data
 
 

@@ -19,7 +19,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = config_lib.make_parser(
         "serve",
         "Serve a jaxgpt model over HTTP: POST /v1/completions (OpenAI format, "
-        "streaming), GET /v1/models, /health, /metrics. See docs/serving.md.",
+        "streaming, echo for scoring), GET /v1/models, the tokenizer endpoints (/tokenize, "
+        "/detokenize, /tokenizer_info), /health, /metrics. See docs/serving.md.",
     )
     p.add_argument(
         "--workdir",
@@ -58,6 +59,13 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
     """Batch, queue, request size and time limits."""
     p.add_argument("--max_batch", type=int, default=32, help="rows decoded together")
     p.add_argument(
+        "--score_rows",
+        type=int,
+        default=8,
+        help="prompts scored together by an echo request's forward pass (lm-eval's "
+        "loglikelihood tasks); 0 turns echo off and skips its compiles",
+    )
+    p.add_argument(
         "--max_queue",
         type=int,
         default=256,
@@ -93,6 +101,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ValueError(f"--{flag} must be at least 1, got {value}")
+    if args.score_rows < 0:
+        raise ValueError(f"--score_rows must be at least 0, got {args.score_rows}")
     if not args.client_timeout > 0:
         raise ValueError(f"--client_timeout must be more than 0, got {args.client_timeout}")
     api_key = None
@@ -115,6 +125,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         port=args.port,
         api_key=api_key,
         max_batch=args.max_batch,
+        score_rows=args.score_rows,
         max_queue=args.max_queue,
         max_body_bytes=args.max_body_bytes,
         max_tokens_cap=args.max_tokens_cap,

@@ -1,4 +1,5 @@
-"""The FastAPI app: OpenAI-style completions, models, health and metrics; auth and limits."""
+"""The FastAPI app: OpenAI-style completions, models, the tokenizer endpoints, health and
+metrics; auth and limits."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -25,11 +26,29 @@ from jaxgpt.serve.loading import ServedModel
 from jaxgpt.serve.metrics import Metrics
 from jaxgpt.serve.protocol import (
     CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
     validation_message,
+)
+from jaxgpt.serve.tokenizing import (
+    check_model,
+    checked_unicode,
+    detokenize,
+    tokenize,
+    tokenizer_info,
 )
 
 log = logging.getLogger("jaxgpt.serve")
-ENDPOINTS = ("/v1/completions", "/v1/models", "/health", "/metrics")
+Shape = TypeVar("Shape", bound=BaseModel)
+ENDPOINTS = (
+    "/v1/completions",
+    "/v1/models",
+    "/tokenize",
+    "/detokenize",
+    "/tokenizer_info",
+    "/health",
+    "/metrics",
+)
 # Default max_tokens cap, in contexts. Past the context a row slides (see engine.py), so the
 # cap bounds how long one choice holds a slot, not what fits the cache.
 CAP_CONTEXTS = 4
@@ -138,7 +157,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def parse_request(body: bytes) -> CompletionRequest:
-    """JSON → a validated request, or a 400 that says which field is wrong and why."""
+    """JSON → a validated completion request, or a 400 that says which field is wrong and why
+    (or what the server does not support)."""
+    request = parse_json(body, CompletionRequest)
+    if message := request.unsupported():
+        raise ApiError(400, message)
+    return request
+
+
+def parse_json(body: bytes, shape: type[Shape]) -> Shape:
+    """JSON → a validated request of the given shape, or a 400 that says what is wrong."""
     try:
         data = json.loads(body)
     except RecursionError as e:
@@ -152,19 +180,16 @@ def parse_request(body: bytes) -> CompletionRequest:
             '{"model": "...", "prompt": "Hello", "max_tokens": 16}',
         )
     try:
-        request = CompletionRequest.model_validate(data)
+        return shape.model_validate(data)
     except ValidationError as e:
         param = ".".join(map(str, e.errors()[0]["loc"])) if e.errors() else None
-        raise ApiError(400, validation_message(e), param=param) from e
-    if message := request.unsupported():
-        raise ApiError(400, message)
-    return request
+        raise ApiError(400, validation_message(e), param=param or None) from e
 
 
 def tokenize_prompts(request: CompletionRequest, served: ServedModel, cap: int) -> list[list[int]]:
     """Prompt token ids, with max_tokens checked against the cap and each prompt against the
     context (generation may run past the context; a prompt may not)."""
-    tok, context = served.tokenizer, served.context
+    tok = served.tokenizer
     if request.max_tokens > cap:
         raise ApiError(
             400,
@@ -175,7 +200,7 @@ def tokenize_prompts(request: CompletionRequest, served: ServedModel, cap: int) 
     prompts = []
     for p in request.prompts:
         if isinstance(p, str):
-            ids = tok.encode(_checked_unicode(p)) or [tok.eot_id]  # "" starts a new document
+            ids = tok.encode(checked_unicode(p)) or [tok.eot_id]  # "" starts a new document
         else:
             bad = [i for i in p if not 0 <= i < tok.vocab_size]
             if not p or bad:
@@ -186,30 +211,27 @@ def tokenize_prompts(request: CompletionRequest, served: ServedModel, cap: int) 
                     param="prompt",
                 )
             ids = list(p)
-        if len(ids) > context:
-            raise ApiError(
-                400,
-                f"prompt ({len(ids)} tokens) is more than the model's context of {context} "
-                "tokens; shorten the prompt (generation may go past the context, a prompt may "
-                "not)",
-                param="prompt",
-                code="context_length_exceeded",
-            )
+        _check_context(len(ids), served.context, request.echo)
         prompts.append(ids)
     return prompts
 
 
-def _checked_unicode(text: str) -> str:
-    """The prompt, if it is text a tokenizer can encode (JSON may carry lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ApiError(
-            400,
-            f"prompt is not valid Unicode: {e.reason} at character {e.start}",
-            param="prompt",
-        ) from e
-    return text
+def _check_context(n: int, context: int, echo: bool) -> None:
+    if n <= context:
+        return
+    if echo:
+        advice = (
+            "a scored (echo) prompt must fit the context; with lm-eval's local-completions "
+            f"pass max_length={context + 1} in --model_args"
+        )
+    else:
+        advice = "shorten the prompt (generation may go past the context, a prompt may not)"
+    raise ApiError(
+        400,
+        f"prompt ({n} tokens) is more than the model's context of {context} tokens; {advice}",
+        param="prompt",
+        code="context_length_exceeded",
+    )
 
 
 class _Server:
@@ -231,6 +253,10 @@ class _Server:
                 "busy_slots": (
                     "Choices decoding now.",
                     lambda: self.backend.engine.n_busy if self.backend else 0,
+                ),
+                "queue_waiting_score_rows": (
+                    "Echo (scoring) choices waiting for a scoring pass.",
+                    lambda: self.backend.engine.n_scoring if self.backend else 0,
                 ),
             }
         )
@@ -280,6 +306,7 @@ def create_app(
     _add_status_routes(app, server)
     _add_model_routes(app, server)
     _add_completion_route(app, server, settings)
+    _add_tokenizer_routes(app, server, settings)
     return app
 
 
@@ -371,15 +398,35 @@ def _add_completion_route(app: FastAPI, server: _Server, settings: Settings) -> 
         return await complete(b.engine, b.served, req, prompts, server.metrics, request.receive)
 
 
+def _add_tokenizer_routes(app: FastAPI, server: _Server, settings: Settings) -> None:
+    """GET /tokenizer_info, POST /tokenize and /detokenize, at the root as vLLM serves them
+    (lm-eval's remote tokenizer looks there: base_url without /v1/completions)."""
+
+    @app.get("/tokenizer_info")
+    async def info() -> dict[str, Any]:
+        return tokenizer_info(server.ready().served)
+
+    @app.post("/tokenize")
+    async def tokenize_text(request: Request) -> dict[str, Any]:
+        b = server.ready()
+        body = await read_body(request, settings.max_body_bytes, settings.client_timeout)
+        return tokenize(b.served, parse_json(body, TokenizeRequest))
+
+    @app.post("/detokenize")
+    async def detokenize_ids(request: Request) -> dict[str, Any]:
+        b = server.ready()
+        body = await read_body(request, settings.max_body_bytes, settings.client_timeout)
+        return detokenize(b.served, parse_json(body, DetokenizeRequest))
+
+
 def _admit(req: CompletionRequest, b: Backend, settings: Settings) -> list[list[int]]:
     """The request's prompt token ids, once its model, prompts and size are known to fit."""
-    if req.model != b.served.name:
+    check_model(req.model, b.served)
+    if req.echo and not b.engine.can_score:
         raise ApiError(
-            404,
-            f"model {req.model!r} does not exist; this server serves "
-            f"{b.served.name!r} (see GET /v1/models)",
-            param="model",
-            code="model_not_found",
+            400,
+            "echo is off on this server (started with --score_rows 0); restart it with "
+            "--score_rows 8 to score prompts",
         )
     prompts = tokenize_prompts(req, b.served, settings.cap(b.served.context))
     # More than the whole queue can never be admitted: a 400, not a 503 that invites a retry.

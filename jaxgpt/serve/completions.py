@@ -61,7 +61,19 @@ def _make_job(
         logprobs=req.logprobs is not None,
         stream=req.stream,
         emit=emit,
+        echo=req.echo,
     )
+
+
+def _echo_texts(req: CompletionRequest, prompts: list[list[int]], decode) -> list[str] | None:
+    """Each choice's echoed prompt: the text as sent, or the decoded ids (None without echo)."""
+    if not req.echo:
+        return None
+    texts = [
+        p if isinstance(p, str) else decode(ids)
+        for p, ids in zip(req.prompts, prompts, strict=True)
+    ]
+    return [text for text in texts for _ in range(req.n)]
 
 
 async def _disconnected(receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
@@ -88,12 +100,14 @@ class _Reply:
         emit = lambda event: loop.call_soon_threadsafe(self.events.put_nowait, event)
         self.job = _make_job(req, prompts, emit)
         self.engine, self.metrics, self.req = engine, metrics, req
+        decode = served.tokenizer.decode
         self.out = CompletionBuilder(
             f"cmpl-{uuid.uuid4().hex}",
             served.name,
             self.job.n_choices,
             req.logprobs,
-            served.tokenizer.decode,
+            served.decode_piece,
+            _echo_texts(req, prompts, decode),
         )
         self.prompt_tokens = sum(map(len, prompts))
         self.start = 0.0

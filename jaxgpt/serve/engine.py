@@ -6,6 +6,13 @@ decode step for every busy slot and hands each row's new text to its request. A 
 slot as soon as it ends (end-of-text, a stop string, max_tokens or a cancel), and a waiting row
 takes the slot at the next step: requests never wait for a whole batch to finish.
 
+Echo requests (`Job.echo`: score the prompt, lm-eval's loglikelihood tasks) take another path
+through the same thread: their rows wait in a queue of their own, and between decode steps the
+thread runs one scoring pass (`serve.scorer`: a full forward pass over up to `max_rows`
+prompts) and answers those rows at once; they never take a decode slot. Scoring and decoding
+share the device by taking turns, so neither starves the other: each turn of the loop runs at
+most one scoring pass and one decode step.
+
 A row may generate past the model's context. When its cache is full it slides on its own, by
 the rule offline generation slides with (`decode.window.slide`): it keeps its last
 `window_size(block_size)` tokens, which the model re-reads from position 0 through the same
@@ -26,6 +33,7 @@ import numpy as np
 
 from jaxgpt.decode.window import slide
 from jaxgpt.serve.decoder import PREFILL_ROWS, Decoder, seed_key_data
+from jaxgpt.serve.scorer import Scored, Scorer
 from jaxgpt.serve.text import TextStream
 
 log = logging.getLogger("jaxgpt.serve")
@@ -41,11 +49,12 @@ class ShuttingDownError(Exception):
 
 @dataclasses.dataclass
 class TokenLogprob:
-    """A drawn token, its log-probability and the most likely alternatives (id, logprob)."""
+    """A token, its log-probability and the most likely alternatives (id, logprob). An echoed
+    prompt's first token has neither (None): nothing came before it."""
 
     token: int
-    logprob: float
-    top: list[tuple[int, float]]
+    logprob: float | None
+    top: list[tuple[int, float]] | None
 
 
 @dataclasses.dataclass
@@ -79,6 +88,7 @@ class Job:
     logprobs: bool
     stream: bool
     emit: Callable[[Event], None]
+    echo: bool = False  # score the prompts (max_tokens 0 or 1); their logprobs lead the events
     cancelled: bool = False
 
     @property
@@ -106,7 +116,8 @@ class Row:
 
 
 class Engine:
-    """Owns the decoder; `submit` and `cancel` may be called from any thread."""
+    """Owns the decoder (and the scorer, if echo is served); `submit` and `cancel` may be
+    called from any thread."""
 
     def __init__(
         self,
@@ -115,15 +126,20 @@ class Engine:
         max_queue: int,
         on_step: Callable[[int, float], None] | None = None,
         step_delay: float = 0.0,
+        scorer: Scorer | None = None,
+        on_score: Callable[[int, int, float], None] | None = None,
     ):
         self.decoder = decoder
+        self.scorer = scorer  # None: echo requests are refused before they get here
         self.tokenizer = tokenizer
         self.eot_id = tokenizer.eot_id
         self.max_queue = max_queue
         self.on_step = on_step  # (busy rows, seconds) after each decode step, for metrics
+        self.on_score = on_score  # (rows, tokens, seconds) after each scoring pass
         self.step_delay = step_delay  # pacing for tests and demos; 0 in production
         self._cv = threading.Condition()
         self._waiting: collections.deque[Row] = collections.deque()
+        self._scoring: collections.deque[Row] = collections.deque()
         self._busy: dict[int, Row] = {}
         self._free = list(range(decoder.max_batch))
         self._stopping = False
@@ -134,8 +150,17 @@ class Engine:
         return len(self._waiting)
 
     @property
+    def n_scoring(self) -> int:
+        """Echo rows waiting for a scoring pass."""
+        return len(self._scoring)
+
+    @property
     def n_busy(self) -> int:
         return len(self._busy)
+
+    @property
+    def can_score(self) -> bool:
+        return self.scorer is not None
 
     def start(self) -> None:
         self._thread.start()
@@ -148,7 +173,10 @@ class Engine:
         self._thread.join(timeout)
 
     def submit(self, job: Job) -> None:
-        """Queue a job's rows; raises QueueFullError or ShuttingDownError instead of waiting."""
+        """Queue a job's rows; raises QueueFullError or ShuttingDownError instead of waiting.
+        Decode and echo rows count against one limit."""
+        if job.echo and self.scorer is None:
+            raise ValueError("this engine has no scorer: echo jobs cannot run")
         seed_key = seed_key_data(job.seed)
         rows = [
             Row(
@@ -163,12 +191,13 @@ class Engine:
         with self._cv:
             if self._stopping:
                 raise ShuttingDownError("the server is shutting down")
-            if len(self._waiting) + len(rows) > self.max_queue:
+            queued = len(self._waiting) + len(self._scoring)
+            if queued + len(rows) > self.max_queue:
                 raise QueueFullError(
-                    f"the queue is full ({len(self._waiting)} choices waiting, limit "
+                    f"the queue is full ({queued} choices waiting, limit "
                     f"{self.max_queue}); retry later"
                 )
-            self._waiting.extend(rows)
+            (self._scoring if job.echo else self._waiting).extend(rows)
             self._cv.notify()
 
     def cancel(self, job: Job) -> None:
@@ -180,12 +209,13 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not (self._waiting or self._busy or self._stopping):
+                while not (self._waiting or self._busy or self._scoring or self._stopping):
                     self._cv.wait()
                 self._drop_cancelled()
-                if self._stopping and not self._waiting and not self._busy:
+                if self._stopping and not (self._waiting or self._busy or self._scoring):
                     return
                 admitted = self._admit()
+                scoring = self._take_scoring()
             try:
                 for i in range(0, len(admitted), PREFILL_ROWS):
                     self._prefill(admitted[i : i + PREFILL_ROWS])
@@ -198,11 +228,14 @@ class Engine:
             except Exception as e:  # a failed step must not hang its requests
                 log.exception("decode step failed")
                 self._fail_all(f"decoding failed: {type(e).__name__}: {e}")
+            if scoring:
+                self._score(scoring)
             if self.step_delay:
                 time.sleep(self.step_delay)
 
     def _drop_cancelled(self) -> None:
         self._waiting = collections.deque(r for r in self._waiting if not r.job.cancelled)
+        self._scoring = collections.deque(r for r in self._scoring if not r.job.cancelled)
         for row in list(self._busy.values()):
             if row.job.cancelled:
                 self._release(row)
@@ -221,6 +254,13 @@ class Engine:
             self._busy[row.slot] = row
             admitted.append(row)
         return admitted
+
+    def _take_scoring(self) -> list[Row]:
+        """The next echo rows for one scoring pass, first come first served."""
+        if self.scorer is None:
+            return []
+        n = min(len(self._scoring), self.scorer.max_rows)
+        return [self._scoring.popleft() for _ in range(n)]
 
     def _release(self, row: Row) -> None:
         with self._cv:  # re-entrant use from _drop_cancelled is fine: Condition wraps an RLock
@@ -279,6 +319,54 @@ class Engine:
             self._finish(row, Event(row.index, piece + row.text.finish(), 1, info, "length"))
         else:
             self._emit(row, Event(row.index, piece, 1, info))
+
+    def _score(self, rows: list[Row]) -> None:
+        """One scoring pass over echo rows; each row is answered by one event."""
+        start = time.perf_counter()
+        jobs = [r.job for r in rows]
+        try:
+            scored = self.scorer.score(
+                [r.prompt for r in rows],
+                np.stack([r.seed_key for r in rows]),
+                [r.index for r in rows],
+                [j.temperature for j in jobs],
+                [j.top_k for j in jobs],
+                [j.top_p for j in jobs],
+            )
+        except Exception as e:  # the rows' requests get a 500, serving goes on
+            log.exception("scoring failed")
+            for row in rows:
+                row.job.emit(Event(row.index, "", 0, [], "error", error=f"scoring failed: {e}"))
+            return
+        for row, s in zip(rows, scored, strict=True):
+            if not row.job.cancelled:
+                row.job.emit(self._echo_event(row, s))
+        if self.on_score:
+            self.on_score(len(rows), sum(len(r.prompt) for r in rows), time.perf_counter() - start)
+
+    def _echo_event(self, row: Row, s: Scored) -> Event:
+        """An echo row's one event: its prompt's logprobs (the first token has none), then with
+        max_tokens 1 the drawn token, end-of-text included, so that the logprobs always hold
+        len(prompt) + max_tokens entries (lm-eval's parser cuts the last one off)."""
+        job = row.job
+        info = []
+        if job.logprobs:
+            lps, ids, tops = s.logprobs.tolist(), s.top_ids.tolist(), s.top_logprobs.tolist()
+            info = [TokenLogprob(row.prompt[0], None, None)]
+            info += [
+                TokenLogprob(t, lps[j], list(zip(ids[j], tops[j], strict=True)))
+                for j, t in enumerate(row.prompt[1:])
+            ]
+        if job.max_tokens == 0:
+            return Event(row.index, "", 0, info, "length")
+        if job.logprobs:
+            top = list(zip(ids[-1], tops[-1], strict=True))
+            info.append(TokenLogprob(s.token, s.token_logprob, top))
+        if s.token == self.eot_id:
+            return Event(row.index, "", 1, info, "stop")
+        piece, stopped = row.text.push(s.token)
+        text = piece if stopped else piece + row.text.finish()
+        return Event(row.index, text, 1, info, "stop" if stopped else "length")
 
     def _emit(self, row: Row, event: Event) -> None:
         """Hand output over; a non-streamed job gets one event per row, when the row ends (each

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,19 @@ class ServedModel:
     @property
     def context(self) -> int:
         return self.model.config.block_size
+
+    @functools.cached_property
+    def decode_piece(self) -> Callable[[Iterable[int]], str]:
+        """tokenizer.decode that remembers the text of single tokens: logprobs decode each
+        token and alternative on its own, and an echoed prompt has thousands of them."""
+        decode = self.tokenizer.decode
+        one = functools.lru_cache(maxsize=1 << 17)(lambda token: decode([token]))
+
+        def piece(ids: Iterable[int]) -> str:
+            ids = list(ids)
+            return one(ids[0]) if len(ids) == 1 else decode(ids)
+
+        return piece
 
 
 def check_model_dir(path: str | AnyPath) -> str:

@@ -49,9 +49,12 @@ class Metrics:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.decode_steps = 0
+        self.score_passes = 0
+        self.scored_tokens = 0
         self.latency = Histogram(LATENCY_BUCKETS)
         self.first_token = Histogram(LATENCY_BUCKETS)
         self.step_rows = Histogram(BATCH_BUCKETS)
+        self.score_rows = Histogram(BATCH_BUCKETS)
         # name -> (help, read function): live values such as queue depth, read at scrape time.
         self.gauges = dict(gauges or {})
 
@@ -80,6 +83,14 @@ class Metrics:
             self.decode_steps += 1
             self.step_rows.observe(rows)
 
+    def score(self, rows: int, tokens: int, seconds: float) -> None:
+        """One scoring pass (echo requests) over `rows` prompts of `tokens` tokens in all."""
+        del seconds  # as for decode steps, the request latency histogram covers time
+        with self._lock:
+            self.score_passes += 1
+            self.scored_tokens += tokens
+            self.score_rows.observe(rows)
+
     def render(self) -> str:
         """The Prometheus text exposition (format 0.0.4)."""
         p = "jaxgpt_"
@@ -94,6 +105,8 @@ class Metrics:
                 ("prompt_tokens_total", self.prompt_tokens, "Prompt tokens of completed requests."),
                 ("completion_tokens_total", self.completion_tokens, "Tokens generated."),
                 ("decode_steps_total", self.decode_steps, "Batched decode steps run."),
+                ("score_passes_total", self.score_passes, "Scoring passes run (echo)."),
+                ("scored_tokens_total", self.scored_tokens, "Prompt tokens scored (echo)."),
             ):
                 out += [
                     f"# HELP {p}{name} {what}",
@@ -104,6 +117,7 @@ class Metrics:
                 ("request_duration_seconds", self.latency, "Completion request latency."),
                 ("time_to_first_token_seconds", self.first_token, "Time to the first token."),
                 ("decode_step_rows", self.step_rows, "Busy rows per decode step."),
+                ("score_pass_rows", self.score_rows, "Prompts per scoring pass (echo)."),
             ):
                 out += [f"# HELP {p}{name} {what}", f"# TYPE {p}{name} histogram"]
                 out += hist.lines(p + name)

@@ -5,11 +5,25 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from jaxgpt.serve.engine import Event, TokenLogprob
 
-NonEmptyStr = Annotated[str, Field(min_length=1)]
+# Stop sequences: lm-eval's shipped tasks send up to 5 plus the end-of-text string; each stop
+# is checked against the text's tail at every token, so their number and length are bounded.
+MAX_STOPS = 16
+MAX_STOP_CHARS = 128
+# OpenAI's completions API returns at most 5 alternatives per token.
+MAX_LOGPROBS = 5
+StopStr = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+NonEmptyStop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 
 
 class StreamOptions(BaseModel):
@@ -20,25 +34,28 @@ class StreamOptions(BaseModel):
 class CompletionRequest(BaseModel):
     """POST /v1/completions. Strict types: "5" is not a number, 1.0 is not a count.
 
-    OpenAI fields jaxgpt cannot honour (echo, suffix, penalties, logit_bias, best_of > 1) are
-    refused with a message instead of being silently ignored; unknown fields are refused too,
-    so a misspelled setting is never dropped.
+    OpenAI fields jaxgpt cannot honour (suffix, penalties, logit_bias, best_of > 1) are refused
+    with a message instead of being silently ignored; unknown fields are refused too, so a
+    misspelled setting is never dropped. Hugging Face generation settings that lm-eval forwards
+    from a task's `generation_kwargs` are accepted where they ask for what the server does
+    anyway (num_beams 1, repetition_penalty 1, do_sample false with temperature 0), and refused
+    otherwise; max_new_tokens is a second cap on the tokens generated.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str
     prompt: str | list[str] | list[int] | list[list[int]] = ""
-    max_tokens: int = Field(16, ge=1)
+    max_tokens: int = Field(16, ge=0)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0)  # not in OpenAI's API; 0 = off, as in jaxgpt.generate
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[NonEmptyStr] | None = None
+    stop: StopStr | list[NonEmptyStop] | None = None
     seed: int | None = Field(None, ge=-(2**63), lt=2**63)
-    logprobs: int | None = Field(None, ge=0, le=5)
+    logprobs: int | None = None
     user: str | None = None
     echo: bool = False
     suffix: str | None = None
@@ -46,18 +63,39 @@ class CompletionRequest(BaseModel):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
+    # Hugging Face generate() settings, as lm-eval forwards them from task YAML files.
+    max_new_tokens: int | None = Field(None, ge=0)
+    do_sample: bool | None = None
+    num_beams: int | None = None
+    repetition_penalty: float | None = None
 
     @field_validator("stop")
     @classmethod
     def _stop_list(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError("at most 4 stop sequences")
+        if isinstance(v, list) and len(v) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences")
         return v
+
+    @field_validator("logprobs")
+    @classmethod
+    def _logprobs_range(cls, v: int | None) -> int | None:
+        if v is not None and not 0 <= v <= MAX_LOGPROBS:
+            raise ValueError(
+                f"logprobs must be 0 to {MAX_LOGPROBS} (alternatives per token, OpenAI's limit)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _both_caps(self) -> CompletionRequest:
+        # max_tokens and max_new_tokens both cap the tokens generated: honour the smaller.
+        if self.max_new_tokens is not None and self.max_new_tokens < self.max_tokens:
+            self.max_tokens = self.max_new_tokens
+        return self
 
     def unsupported(self) -> str | None:
         """Why the request asks for something this server does not do, or None."""
-        if self.echo:
-            return "echo is not supported; prepend the prompt to the returned text yourself"
+        if message := self._echo_problem():
+            return message
         if self.suffix:
             return "suffix (insertion) is not supported by a left-to-right GPT"
         if self.best_of not in (None, 1):
@@ -66,6 +104,29 @@ class CompletionRequest(BaseModel):
             return "presence_penalty and frequency_penalty are not supported; leave them at 0"
         if self.logit_bias:
             return "logit_bias is not supported"
+        return self._hf_problem()
+
+    def _echo_problem(self) -> str | None:
+        if not self.echo:
+            if self.max_tokens == 0:
+                return "max_tokens 0 needs echo: true (score the prompt without generating)"
+            return None
+        if self.stream:
+            return "echo cannot be streamed: send stream false (the whole response comes at once)"
+        if self.max_tokens > 1:
+            return (
+                "echo supports max_tokens 0 (score the prompt) or 1 (and draw the next token; "
+                "lm-eval sends 1); for a longer completion send echo false"
+            )
+        return None
+
+    def _hf_problem(self) -> str | None:
+        if self.num_beams not in (None, 1):
+            return "num_beams > 1 (beam search) is not supported; leave num_beams at 1"
+        if self.repetition_penalty not in (None, 1.0):
+            return "repetition_penalty is not supported; leave it at 1"
+        if self.do_sample is False and self.temperature > 0:
+            return "do_sample false asks for greedy decoding: send temperature 0"
         return None
 
     @property
@@ -81,6 +142,32 @@ class CompletionRequest(BaseModel):
     @property
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class TokenizeRequest(BaseModel):
+    """POST /tokenize, as vLLM takes it and lm-eval's remote tokenizer sends it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True  # jaxgpt's tokenizers add none either way
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_chat(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "messages" in data:
+            raise ValueError("chat messages are not supported (no chat template); send `prompt`")
+        return data
+
+
+class DetokenizeRequest(BaseModel):
+    """POST /detokenize."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str | None = None
+    tokens: list[int]
 
 
 def validation_message(error: ValidationError) -> str:
@@ -107,7 +194,12 @@ def error_body(
 
 
 def logprobs_body(tokens: list[TokenLogprob], decode, offset: int) -> dict[str, Any]:
-    """The completions API's logprobs object for some tokens (text_offset counts from offset)."""
+    """The completions API's logprobs object for some tokens (text_offset counts from offset).
+
+    An echoed prompt's first token has no logprob and no alternatives: null in both lists, as
+    OpenAI's legacy completions answer. Alternatives whose texts coincide (byte pieces of one
+    character all decode to the same replacement character) keep the first, most likely one,
+    so the top value is always the best logprob."""
     texts = [decode([t.token]) for t in tokens]
     offsets, at = [], offset
     for text in texts:
@@ -116,20 +208,36 @@ def logprobs_body(tokens: list[TokenLogprob], decode, offset: int) -> dict[str, 
     return {
         "tokens": texts,
         "token_logprobs": [t.logprob for t in tokens],
-        "top_logprobs": [{decode([i]): lp for i, lp in t.top} for t in tokens],
+        "top_logprobs": [_alternatives(t.top, decode) for t in tokens],
         "text_offset": offsets,
     }
+
+
+def _alternatives(top: list[tuple[int, float]] | None, decode) -> dict[str, float] | None:
+    if top is None:
+        return None
+    out: dict[str, float] = {}
+    for i, lp in top:
+        out.setdefault(decode([i]), lp)
+    return out
 
 
 class CompletionBuilder:
     """Collects a request's events into the final response, or frames them as stream chunks."""
 
     def __init__(
-        self, request_id: str, model: str, n_choices: int, top_logprobs: int | None, decode
+        self,
+        request_id: str,
+        model: str,
+        n_choices: int,
+        top_logprobs: int | None,
+        decode,
+        echo: list[str] | None = None,
     ) -> None:
+        """`echo`: each choice's prompt text, which its text then starts with."""
         self.id, self.model, self.created = request_id, model, int(time.time())
         self.top_logprobs, self.decode = top_logprobs, decode
-        self.texts = [""] * n_choices
+        self.texts = list(echo) if echo is not None else [""] * n_choices
         self.logprobs: list[list[TokenLogprob]] = [[] for _ in range(n_choices)]
         self.finish: list[str | None] = [None] * n_choices
         self.completion_tokens = 0
@@ -160,7 +268,9 @@ class CompletionBuilder:
 
     def _trim(self, tokens: list[TokenLogprob]) -> list[TokenLogprob]:
         k = self.top_logprobs or 0
-        return [TokenLogprob(t.token, t.logprob, t.top[:k]) for t in tokens]
+        return [
+            TokenLogprob(t.token, t.logprob, None if t.top is None else t.top[:k]) for t in tokens
+        ]
 
     def usage(self, prompt_tokens: int) -> dict[str, int]:
         return {

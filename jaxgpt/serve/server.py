@@ -14,6 +14,7 @@ from jaxgpt.serve.decoder import Decoder
 from jaxgpt.serve.engine import Engine
 from jaxgpt.serve.loading import load_model
 from jaxgpt.serve.metrics import Metrics
+from jaxgpt.serve.scorer import Scorer
 
 log = logging.getLogger("jaxgpt.serve")
 
@@ -29,6 +30,7 @@ class Options:
     port: int = 8000
     api_key: str | None = None
     max_batch: int = 32
+    score_rows: int = 8  # prompts per scoring pass (echo); 0 turns echo off
     max_queue: int = 256
     max_body_bytes: int = 1_000_000
     max_tokens_cap: int | None = None
@@ -43,8 +45,13 @@ def load_backend(options: Options, metrics: Metrics) -> Backend:
     served = load_model(options.workdir, options.step, options.model_name)
     vocab_limit = min(served.tokenizer.vocab_size, served.model.config.vocab_size)
     decoder = Decoder(served.model, served.params, vocab_limit, options.max_batch)
+    scorer = None
+    if options.score_rows:  # shares the decoder's model and device params: no second copy
+        scorer = Scorer(
+            decoder.model, decoder.params, vocab_limit, options.score_rows, decoder.prompt_sizes
+        )
     loaded = time.perf_counter()
-    n = decoder.warm_up()
+    n = decoder.warm_up() + (scorer.warm_up() if scorer else 0)
     log.info(
         "model %r loaded in %.1fs; %d shapes compiled in %.1fs; ready",
         served.name,
@@ -53,7 +60,13 @@ def load_backend(options: Options, metrics: Metrics) -> Backend:
         time.perf_counter() - loaded,
     )
     engine = Engine(
-        decoder, served.tokenizer, options.max_queue, metrics.step, options.step_delay_ms / 1000
+        decoder,
+        served.tokenizer,
+        options.max_queue,
+        metrics.step,
+        options.step_delay_ms / 1000,
+        scorer,
+        metrics.score,
     )
     engine.start()
     return Backend(served, engine)
