@@ -119,6 +119,13 @@ def dataset_key(cfg: DataConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# Where and how fast the data is prepared, not what it is: never part of the key.
+NOT_KEYED = ("path", "workers", "engine", "ray_address")
+# Top-level knobs added after data dirs were keyed: they join the key only when set off their
+# default, so a data dir prepared before they existed is still current.
+NEWER_FIELDS = ("parquet_column", "hf_split", "hf_field")
+
+
 def key_settings(cfg: DataConfig) -> dict:
     """The settings a data dir's key hashes, flat as before the config was nested, so a data
     dir prepared then from the same settings is still current."""
@@ -126,7 +133,8 @@ def key_settings(cfg: DataConfig) -> dict:
     settings = {
         f.name: getattr(cfg, f.name)
         for f in dataclasses.fields(cfg)
-        if f.name not in (*sections, "path", "workers")  # where and how fast: not what
+        if f.name not in (*sections, *NOT_KEYED)
+        and not (f.name in NEWER_FIELDS and getattr(cfg, f.name) == f.default)
     }
     for name, section in sections.items():
         for f in dataclasses.fields(section):

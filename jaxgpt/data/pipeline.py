@@ -6,12 +6,17 @@ seeded by (seed, e); global batch s takes the next B windows of that sequence, a
 takes rows [p·B/P, (p+1)·B/P) of it. So a resumed run sees exactly the batches an uninterrupted
 one would (no iterator state, no replay), and the processes' shares are disjoint and together
 cover every window of an epoch.
+
+The permutation is never stored: WindowOrder computes the window at any position of an epoch
+from (seed, epoch, position) with a keyed Feistel network, so host memory stays a few bytes
+whatever the corpus (an int32 permutation of 1 B windows would hold 4 GB on every host).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -40,6 +45,60 @@ def process_rows(batch_size: int, process_index: int, process_count: int) -> sli
     return slice(process_index * rows, (process_index + 1) * rows)
 
 
+FEISTEL_ROUNDS = 6  # 4 make a pseudorandom permutation (Luby-Rackoff); 2 more for margin
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: every output bit depends on every input bit (uint64, wrapping)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+class WindowOrder:
+    """A seeded bijection of [0, n) per epoch, computed position by position in O(1) memory.
+
+    A balanced Feistel network permutes [0, 4^k), the smallest such range holding n; a value
+    that lands at or past n is sent through the network again ("cycle walking") until it falls
+    below n, which keeps the map a bijection of [0, n). Since 4^k < 4n, that takes under 4
+    passes on average. The round keys come from np.random.default_rng([seed, epoch]).
+    """
+
+    def __init__(self, n: int, seed: int):
+        if n < 1:
+            raise ValueError(f"a window order needs at least one window, got {n}")
+        self.n, self.seed = n, seed
+        self.half_bits = max(1, math.ceil((n - 1).bit_length() / 2))
+        self._mask = np.uint64((1 << self.half_bits) - 1)
+        self._keys: dict[int, np.ndarray] = {}
+
+    def keys(self, epoch: int) -> np.ndarray:
+        if epoch not in self._keys:
+            if len(self._keys) >= 2:  # a batch spans at most two epochs
+                self._keys.clear()
+            rng = np.random.default_rng([self.seed, epoch])
+            self._keys[epoch] = rng.bit_generator.random_raw(FEISTEL_ROUNDS).astype(np.uint64)
+        return self._keys[epoch]
+
+    def _feistel(self, x: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        shift = np.uint64(self.half_bits)
+        left, right = x >> shift, x & self._mask
+        for key in keys:
+            left, right = right, left ^ (_mix(right ^ key) & self._mask)
+        return (left << shift) | right
+
+    def __call__(self, epoch: int, positions: np.ndarray) -> np.ndarray:
+        """The windows at these positions of epoch `epoch`'s order (int64)."""
+        keys = self.keys(epoch)
+        with np.errstate(over="ignore"):
+            out = self._feistel(np.asarray(positions, dtype=np.uint64), keys)
+            todo = np.flatnonzero(out >= self.n)
+            while todo.size:
+                out[todo] = self._feistel(out[todo], keys)
+                todo = todo[out[todo] >= self.n]
+        return out.astype(np.int64)
+
+
 class TrainBatches:
     """Deterministic training batches over a token stream (see the module docstring)."""
 
@@ -58,11 +117,10 @@ class TrainBatches:
         self.n_windows = (len(tokens) - 1) // seq_len
         self.local_rows = process_rows(batch_size, process_index, process_count)
 
-    @functools.lru_cache(maxsize=2)  # noqa: B019 (one sampler per run; two epochs are enough)
-    def _order(self, epoch: int) -> np.ndarray:
-        dtype = np.int32 if self.n_windows < 2**31 else np.int64
-        rng = np.random.default_rng([self.seed, epoch])
-        return rng.permutation(self.n_windows).astype(dtype)
+    @functools.cached_property
+    def order(self) -> WindowOrder:
+        """Each epoch's window order (built on first use: subclasses set n_windows and seed)."""
+        return WindowOrder(self.n_windows, self.seed)
 
     def windows(self, step: int) -> np.ndarray:
         """Window indices of the whole global batch at this step."""
@@ -71,7 +129,7 @@ class TrainBatches:
         out = np.empty(self.batch_size, np.int64)
         for e in np.unique(epoch):
             mask = epoch == e
-            out[mask] = self._order(int(e))[pos[mask]]
+            out[mask] = self.order(int(e), pos[mask])
         return out
 
     def epoch(self, step: int) -> float:

@@ -1,9 +1,10 @@
-"""Readers for the structured source kinds: JSON Lines, TFDS, MediaWiki XML dumps, Common Crawl WET.
+"""Readers for the structured source kinds: JSON Lines, TFDS, MediaWiki XML dumps, Common Crawl
+WET, Parquet and Hugging Face datasets.
 
 Each reader yields documents (str) and counts what it read, skipped or repaired into a ReadStats
 (see inputs.py). Bad input is counted and remembered as "path:line: reason" by default, and is a
 ValueError naming the place with strict=True. Slow imports (zstandard, warcio, mwparserfromhell,
-tensorflow_datasets) happen inside the reader that needs them.
+tensorflow_datasets, pyarrow) happen inside the reader that needs them.
 """
 
 from __future__ import annotations
@@ -29,12 +30,17 @@ from jaxgpt.data.inputs import (
     ReadStats,
     Source,
     corrupt,
+    file_size,
+    hf_splits,
     input_files,
     reject,
 )
 
 TFDS_SPEC = re.compile(r"[A-Za-z0-9_]+(/[\w.+-]+)?")
 READ_CHUNK = 1 << 20
+# Rows turned into Python strings at a time (Parquet, Arrow): memory stays one row group's
+# compressed column chunk plus this many documents, whatever the file's size.
+ARROW_BATCH_ROWS = 1024
 
 
 # ---------------------------------------------------------------- opening and decoding
@@ -422,3 +428,133 @@ def read_tfds(
             text = value.decode("utf-8", errors="replace")
         if stats.accept(source, text):
             yield text
+
+
+# ---------------------------------------------------------------- parquet and hf (Arrow)
+
+
+def _pyarrow(what: str):
+    try:
+        import pyarrow
+    except ImportError as e:
+        raise ImportError(f"{what} sources need pyarrow: pip install pyarrow") from e
+    return pyarrow
+
+
+def _arrow_input(pa, path):
+    """A file for Arrow to read: a local one through Arrow's own reads (not mapped, so resident
+    memory holds only the batch in hand), a bucket object streamed through fsspec, which Arrow
+    reads with seeks (a Parquet footer first, then only the text column's chunks)."""
+    return remote.open_object(path) if is_remote(path) else pa.OSFile(str(path))
+
+
+def _text_column(schema, name: str, where: str, key: str) -> None:
+    """ValueError unless schema has a text (string or binary) column `name`; Arrow would
+    otherwise silently yield batches without it."""
+    import pyarrow as pa
+
+    if name not in schema.names:
+        raise ValueError(
+            f"{where} has no column {name!r} ({key}); its columns are {schema.names}. Set "
+            f"{key} to the one that holds the text"
+        )
+    kind = schema.field(name).type
+    text_types = ("string", "large_string", "binary", "large_binary", "string_view", "binary_view")
+    # getattr: the *_view types arrived in pyarrow 16.
+    if not any(getattr(pa.types, f"is_{t}", lambda _: False)(kind) for t in text_types):
+        raise ValueError(
+            f"{where}: column {name!r} ({key}) holds {kind}, not text; set {key} to a string "
+            f"column (the columns are {schema.names})"
+        )
+
+
+def _column_texts(
+    column, where: str, first_row: int, name: str, stats: ReadStats, strict: bool
+) -> Iterator[str]:
+    """The documents of one Arrow column chunk (string or binary): nulls and invalid UTF-8 are
+    counted (or, strict, fail) with the file and row."""
+    for row, value in enumerate(column.to_pylist(), first_row):
+        if value is None:
+            reject(stats, strict, f"{where}: row {row}", f"{name!r} is null", "null_texts")
+            continue
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError as e:
+                reason = f"not valid UTF-8 at byte {e.start}"
+                reject(stats, strict, f"{where}: row {row}", reason, "bad_utf8_records")
+                value = value.decode("utf-8", errors="replace")
+        yield value
+
+
+def read_parquet(
+    source: Source, stats: ReadStats, strict: bool, parquet_column: str = "text", **_
+) -> Iterator[str]:
+    """Parquet files (local or in a bucket), one document per row's text column, streamed in
+    batches of ARROW_BATCH_ROWS rows within each row group, reading only that column."""
+    pa = _pyarrow("parquet:")
+    import pyarrow.parquet as pq
+
+    for path in input_files(source, stats):
+        with _arrow_input(pa, path) as stream:
+            try:
+                parquet = pq.ParquetFile(stream)
+            except pa.ArrowInvalid as e:
+                corrupt(CorruptInputError(f"{path}: not a Parquet file ({e})"), stats, strict)
+                continue
+            _text_column(parquet.schema_arrow, parquet_column, str(path), "data.parquet_column")
+            row = 0
+            try:
+                for batch in parquet.iter_batches(ARROW_BATCH_ROWS, columns=[parquet_column]):
+                    column = batch.column(0)
+                    for text in _column_texts(
+                        column, str(path), row, parquet_column, stats, strict
+                    ):
+                        if stats.accept(source, text):
+                            yield text
+                    row += batch.num_rows
+            except pa.ArrowInvalid as e:
+                message = f"{path}: corrupt Parquet data after row {row:,} ({e})"
+                corrupt(CorruptInputError(message), stats, strict)
+
+
+def _hf_files(source: Source, split: str) -> list:
+    """The Arrow files of the split data.hf_split; a saved single Dataset is read whole."""
+    splits = hf_splits(source.path)
+    if "" in splits:
+        return splits[""]
+    if split not in splits:
+        raise ValueError(
+            f"hf:{source.path} has no split {split!r} (data.hf_split); its splits are "
+            f"{sorted(splits)}"
+        )
+    return splits[split]
+
+
+def read_hf(
+    source: Source,
+    stats: ReadStats,
+    strict: bool,
+    hf_split: str = "train",
+    hf_field: str = "text",
+    **_,
+) -> Iterator[str]:
+    """A Hugging Face dataset saved with save_to_disk (a folder, local or in a bucket) or in the
+    local cache by name, never downloaded: its Arrow stream files are read batch by batch
+    (memory-mapped when local), only the field data.hf_field."""
+    pa = _pyarrow("hf:")
+    for path in _hf_files(source, hf_split):
+        stats.files += 1
+        stats.input_bytes += file_size(path)
+        with _arrow_input(pa, path) as stream:
+            reader = pa.ipc.open_stream(stream)
+            _text_column(reader.schema, hf_field, f"hf:{source.path} ({path})", "data.hf_field")
+            index = reader.schema.get_field_index(hf_field)
+            row = 0
+            for batch in reader:
+                for start in range(0, batch.num_rows, ARROW_BATCH_ROWS):
+                    column = batch.column(index).slice(start, ARROW_BATCH_ROWS)
+                    for text in _column_texts(column, str(path), row, hf_field, stats, strict):
+                        if stats.accept(source, text):
+                            yield text
+                    row += len(column)
