@@ -42,11 +42,10 @@ from jaxgpt.workdir import load_run
 
 MISSING = (
     "lm-evaluation-harness is not installed: pip install 'jaxgpt[eval]' "
-    "(needed by evaluate --tasks, lm_eval --model jaxgpt and train.eval_tasks)"
+    "(needed by evaluate --tasks, python -m jaxgpt.lm_eval_model and train.eval_tasks)"
 )
-MIN_BUCKET = (
-    16  # shortest padded length: below it, compiling another shape costs more than it saves
-)
+# The shortest padded length: below it, compiling another shape costs more than it saves.
+MIN_BUCKET = 16
 LOGIT_CHUNK = 128  # positions whose [B, C, V] logits exist at once (model.loss_chunk if set)
 SAMPLING_SEED = 1234  # lm-eval's default seed, for tasks that sample
 FEWSHOT_SEED = 1234  # lm-eval's default seed for drawing few-shot examples

@@ -31,8 +31,17 @@ _NEAR_MISSES = {"gcs": "gs", "google": "gs", "s3a": "s3", "s3n": "s3"}
 
 # Command-line flags that name files or folders (checked by config.parse_args); the ones in
 # LOCAL_ONLY_FLAGS must be local (profiles, result files and prompt files are small and local).
-PATH_FLAGS = ("workdir", "out", "data", "profile", "json", "prompt_file")
-LOCAL_ONLY_FLAGS = ("profile", "json", "prompt_file")
+PATH_FLAGS = (
+    "workdir",
+    "out",
+    "data",
+    "profile",
+    "json",
+    "prompt_file",
+    "include_path",
+    "output_path",
+)
+LOCAL_ONLY_FLAGS = ("profile", "json", "prompt_file", "include_path", "output_path")
 
 AnyPath = Path | epath.Path
 
