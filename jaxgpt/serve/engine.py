@@ -333,14 +333,16 @@ class Engine:
                 [j.top_k for j in jobs],
                 [j.top_p for j in jobs],
             )
+            events = [self._echo_event(row, s) for row, s in zip(rows, scored, strict=True)]
         except Exception as e:  # the rows' requests get a 500, serving goes on
             log.exception("scoring failed")
+            message = f"scoring failed: {type(e).__name__}: {e}"
             for row in rows:
-                row.job.emit(Event(row.index, "", 0, [], "error", error=f"scoring failed: {e}"))
+                row.job.emit(Event(row.index, "", 0, [], "error", error=message))
             return
-        for row, s in zip(rows, scored, strict=True):
+        for row, event in zip(rows, events, strict=True):
             if not row.job.cancelled:
-                row.job.emit(self._echo_event(row, s))
+                row.job.emit(event)
         if self.on_score:
             self.on_score(len(rows), sum(len(r.prompt) for r in rows), time.perf_counter() - start)
 
