@@ -437,3 +437,63 @@ def test_two_processes_score_tasks_as_one_does(tmp_path):
             assert two[step][key] == pytest.approx(value, rel=1e-5), (step, key)
     assert "toy_mc: acc" in (tmp_path / "proc0.log").read_text()
     assert "toy_mc: acc" not in (tmp_path / "proc1.log").read_text()  # process 0 reports
+
+
+def _per_request(result: dict, task: str) -> dict[int, list]:
+    return {s["doc_id"]: [r[0] for r in s["resps"]] for s in result["samples"][task]}
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_three_ways_agree_in_process_through_the_server_and_hf(trained, tmp_path):
+    """The same tasks in-process, with local-completions against `jaxgpt.serve` and with lm-eval's
+    `hf` model on the export give the same requests' loglikelihoods (1e-4), greedy flags,
+    generations and scores. The server's max_length=C+1 is the others' C-1 (docs/evaluation.md:
+    local-completions keeps one position for the token it asks to be generated)."""
+    pytest.importorskip("accelerate")
+    import lm_eval
+
+    from jaxgpt.export import main as export_main
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from serve_abuse import ServerProcess
+
+    context = 32
+    hf_dir = trained.root / "hf"
+    if not hf_dir.exists():
+        export_main(["--workdir", str(trained.workdir), "--out", str(hf_dir)])
+    manager = lm_eval_model.task_manager(TASKS, str(trained.tasks))
+    common = dict(tasks=TASKS, log_samples=True, bootstrap_iters=0)
+    ours = lm_eval_model.run_tasks(
+        trained.workdir, TASKS, include_path=str(trained.tasks), batch_size=8,
+        max_length=context - 1, log_samples=True,
+    )  # fmt: skip
+    hf_args = {"pretrained": str(hf_dir), "dtype": "float32", "device": "cpu"}
+    hf = lm_eval.simple_evaluate(
+        model="hf", model_args={**hf_args, "max_length": context - 1}, task_manager=manager,
+        batch_size=8, **common,
+    )  # fmt: skip
+    server = ServerProcess(trained.workdir, tmp_path / "serve.log")
+    try:
+        server.wait_ready(timeout=600)
+        args = (f"model=run,base_url={server.url}/v1/completions,tokenizer_backend=remote,"
+                f"max_length={context + 1},batch_size=4,max_retries=1")  # fmt: skip
+        served = lm_eval.simple_evaluate(
+            model="local-completions", model_args=args, task_manager=manager, **common
+        )
+    finally:
+        server.proc.terminate()
+        server.proc.wait(60)
+    for task in TASKS:
+        want = _per_request(hf, task)
+        for name, result in (("in-process", ours), ("server", served)):
+            got = _per_request(result, task)
+            assert got.keys() == want.keys(), (name, task)
+            for doc, answers in want.items():
+                for a, b in zip(got[doc], answers, strict=True):
+                    if task == "toy_gen":
+                        assert a == b, (name, doc)
+                    elif task == "toy_ppl":
+                        assert a == pytest.approx(b, abs=1e-4), (name, doc)
+                    else:
+                        assert a[0] == pytest.approx(b[0], abs=1e-4) and a[1] == b[1], (name, doc)
