@@ -34,11 +34,29 @@ def get_config() -> ml_collections.ConfigDict:
     # of the batch in each chunk), so the [batch, seq, vocab] logits are never whole in memory;
     # 0 = all at once
     c.model.loss_chunk = 0
+    # Architecture switches. The defaults are GPT-2; a Llama-style model (configs/llama_*.py)
+    # sets position=rope, norm=rmsnorm, mlp=swiglu, bias=False and usually n_kv_head and
+    # tie_embeddings. Export picks the Hugging Face architecture from them (docs/deploy.md).
+    c.model.position = "learned"  # learned (a wpe table, GPT-2) | rope (rotary, no table)
+    c.model.rope_theta = 10000.0  # rope: base θ of the rotation frequencies
+    c.model.norm = "layernorm"  # layernorm (GPT-2) | rmsnorm (scale only, no mean, no bias)
+    c.model.norm_eps = 1e-5  # epsilon of every norm
+    c.model.mlp = "gelu"  # gelu (GPT-2) | swiglu (gated SiLU, Llama) | relu2 (ReLU squared)
+    # MLP hidden width F; 0 = 4·n_embd, or for swiglu 8·n_embd/3 rounded up to a multiple of 64
+    c.model.mlp_hidden = 0
+    # key/value heads K for grouped-query attention (must divide n_head); 0 = n_head
+    c.model.n_kv_head = 0
+    c.model.tie_embeddings = True  # output projection = token embedding; False adds lm_head
+    c.model.qk_norm = False  # RMSNorm on each head's queries and keys before attention (Qwen3)
 
     c.data = ml_collections.ConfigDict()
     # Comma list of kind:path (path may be a glob): text:, jsonl:, tfds:NAME[/CONFIG][:SPLIT],
-    # wiki: (MediaWiki XML dump), wet: (Common Crawl WET), or a built-in corpus without a path:
-    # "stdlib" (the Python standard library's sources), "shakespeare" (tinyshakespeare, 1.1 MB).
+    # wiki: (MediaWiki XML dump), wet: (Common Crawl WET), parquet: (Parquet files),
+    # hf:DIR|NAME[:CONFIG] (a Hugging Face dataset saved with save_to_disk, or in the local
+    # cache; never downloaded), or a built-in corpus without a path: "stdlib" (the Python
+    # standard library's sources), "shakespeare" (tinyshakespeare, 1.1 MB). A mixture weights
+    # items with kind:path@weight: each source keeps weight / (largest weight) of its documents,
+    # sampled by a hash of each document's text (e.g. "jsonl:web/*.jsonl@1,hf:books@0.25").
     c.data.sources = "stdlib"
     # text: documents to continue (pretraining). sft: JSONL records with a prompt and a
     # completion; the loss counts completion tokens only (one record per row, padded).
@@ -50,12 +68,17 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.jsonl_field = "text"  # jsonl sources: the field holding the text
     c.data.tfds_data_dir = ""  # tfds sources: local data_dir ("" = $TFDS_DATA_DIR or default)
     c.data.tfds_text_field = "text"  # tfds sources: the feature holding the text
+    c.data.parquet_column = "text"  # parquet sources: the (string) column holding the text
+    c.data.hf_split = "train"  # hf sources: the split to read (a saved single Dataset: all of it)
+    c.data.hf_field = "text"  # hf sources: the field (column) holding the text
     c.data.stdlib_max_mb = 8.0  # size cap of the built-in Python-stdlib corpus
     c.data.val_fraction = 0.1  # share of documents (or of each document's tail) held out
     c.data.split = "auto"  # document (by hash) | tail (of each document) | auto (by doc count)
     c.data.strict = False  # fail at the first bad input (file:line) instead of counting it
     c.data.shard_mb = 256.0  # size of one token shard file
-    c.data.workers = 0  # encoding processes; 0 = one per CPU
+    c.data.workers = 0  # worker processes (local engine; ray: CPUs of a Ray started here); 0 = all
+    c.data.engine = "local"  # local (processes on this machine); ray: not in this version yet
+    c.data.ray_address = ""  # engine=ray: "" = start Ray here, "auto" = this cluster, HOST:PORT
     c.data.clean = ml_collections.ConfigDict()
     c.data.clean.normalization = "NFC"  # Unicode normalization: NFC | NFKC | none
     c.data.clean.min_chars = 1  # drop documents shorter than this after cleaning
@@ -83,7 +106,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.tokenizer.eot_token = ""  # tokenizer.json: end-of-text token ("" = find a usual one)
 
     c.opt = ml_collections.ConfigDict()
-    c.opt.name = "adamw"  # adamw | adam | adabelief
+    # adamw | adam | adabelief | muon (Muon for the kernels inside transformer blocks, AdamW
+    # with the keys below for embeddings, the output layer, norms and biases)
+    c.opt.name = "adamw"
     c.opt.lr = 6e-4  # peak learning rate
     c.opt.min_lr = 6e-5  # learning rate at the end of decay
     c.opt.schedule = "cosine"  # cosine | linear | constant | wsd (warmup-stable-decay)
@@ -96,6 +121,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.opt.weight_decay = 0.1  # decoupled weight decay (adamw, adabelief)
     c.opt.decay_embeddings = False  # also decay the token/position embeddings
     c.opt.grad_clip = 1.0  # global-norm clipping threshold; 0 = off
+    c.opt.muon_lr = 0.02  # muon: peak learning rate of the Muon branch (same schedule shape)
+    c.opt.muon_momentum = 0.95  # muon: Nesterov momentum
+    c.opt.muon_ns_steps = 5  # muon: Newton-Schulz iterations that orthogonalize each update
+    c.opt.muon_weight_decay = 0.0  # muon: decoupled weight decay of the Muon branch
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 600_000  # optimizer steps (when train.epochs is 0)

@@ -1,4 +1,4 @@
-"""Command: export a training run as a Hugging Face GPT-2 folder or an ONNX model.
+"""Command: export a training run as a Hugging Face folder (GPT-2, Llama or Qwen3) or an ONNX model.
 
 `python -m jaxgpt.export --workdir runs/tiny --out runs/tiny/hf` writes a folder that
 `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` load
@@ -25,7 +25,8 @@ from jaxgpt.storage import StorageError
 
 def _parser() -> argparse.ArgumentParser:
     parser = config_lib.make_parser(
-        "export", "Export a jaxgpt training run as a Hugging Face GPT-2 folder or ONNX model."
+        "export",
+        "Export a jaxgpt training run as a Hugging Face folder (GPT-2, Llama or Qwen3) or ONNX.",
     )
     parser.add_argument("--workdir", required=True, help="training run directory")
     parser.add_argument("--out", required=True, help="folder to write")

@@ -1,10 +1,11 @@
 """Start a run from existing weights: `--config.init_from=hf:PATH` or `workdir:PATH`.
 
-hf:PATH is a Hugging Face GPT-2 folder (config.json, model.safetensors or pytorch_model.bin,
-tokenizer.json); workdir:PATH is another jaxgpt run (its latest checkpoint's params). The source
-decides the architecture (layers, heads, width, vocabulary) and the tokenizer; the run's config
-keeps everything else (dropout, remat, dtypes, optimizer, data). The context may be shortened
-(the position table is cut), never lengthened.
+hf:PATH is a Hugging Face GPT-2, Llama or Qwen3 folder (config.json, model.safetensors, a
+sharded safetensors index or pytorch_model.bin, tokenizer.json); workdir:PATH is another jaxgpt
+run (its latest checkpoint's params). The source decides the architecture (layers, heads, width,
+vocabulary, and the switches: positions, norm, MLP, key/value heads, tied head, QK-norm) and the
+tokenizer; the run's config keeps everything else (dropout, remat, dtypes, optimizer, data). The
+context may be shortened (a learned position table is cut), never lengthened.
 
 Only the params are taken; the optimizer state starts fresh at step 0. A run that already has
 its own checkpoint resumes from that instead, so a preempted fine-tuning run continues normally.
@@ -32,7 +33,12 @@ from jaxgpt.model import GPTConfig
 from jaxgpt.state import Trainer, TrainState
 from jaxgpt.workdir import restore_params, workdir_config
 
-ARCHITECTURE = ("vocab_size", "n_layer", "n_head", "n_embd", "bias")
+ARCHITECTURE = (
+    "vocab_size", "n_layer", "n_head", "n_embd", "bias",
+    # the switches (model.py's docstring): the weights were trained with them
+    "position", "rope_theta", "norm", "norm_eps", "mlp", "mlp_hidden", "n_kv_head",
+    "tie_embeddings", "qk_norm",
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,13 +62,14 @@ def resolve(spec: str) -> Source:
     if spec == "?":
         raise ValueError(
             "this config starts from existing weights: set --config.init_from=hf:PATH (a "
-            "Hugging Face GPT-2 folder) or --config.init_from=workdir:PATH (a jaxgpt run)"
+            "Hugging Face GPT-2, Llama or Qwen3 folder) or --config.init_from=workdir:PATH (a "
+            "jaxgpt run)"
         )
     kind, sep, path_text = spec.partition(":")
     if not sep or kind not in ("hf", "workdir") or not path_text:
         raise ValueError(
-            f"init_from={spec!r}: expected hf:PATH (a Hugging Face GPT-2 folder) or "
-            "workdir:PATH (a jaxgpt run)"
+            f"init_from={spec!r}: expected hf:PATH (a Hugging Face GPT-2, Llama or Qwen3 "
+            "folder) or workdir:PATH (a jaxgpt run)"
         )
     check_location(path_text, "init_from")
     path = location(
@@ -85,7 +92,9 @@ def _resolve_hf(path: Path) -> Source:
     try:
         cfg = gpt_config_from_hf(json.loads(config_file.read_text()))
     except ValueError as e:
-        raise ValueError(f"init_from=hf:{path} is not a GPT-2 model jaxgpt can load: {e}") from e
+        raise ValueError(
+            f"init_from=hf:{path} is not a GPT-2, Llama or Qwen3 model jaxgpt can load: {e}"
+        ) from e
     tokenizer = path / "tokenizer.json"
     if not tokenizer.is_file():
         raise FileNotFoundError(
@@ -163,7 +172,8 @@ def load_params(source: Source, cfg: GPTConfig) -> dict[str, Any]:
         params, _ = restore_params(source.path)
     params = _unrolled(params) if "h" in params else params
     params = jax.tree.map(np.asarray, params)
-    params["wpe"]["embedding"] = params["wpe"]["embedding"][: cfg.block_size]
+    if "wpe" in params:  # learned positions; rotary ones need no table
+        params["wpe"]["embedding"] = params["wpe"]["embedding"][: cfg.block_size]
     if cfg.scan_layers:
         params = _stacked(params, cfg.n_layer)
     return jax.tree.map(lambda a: np.asarray(a, cfg.weight_dtype), params)

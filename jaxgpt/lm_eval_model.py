@@ -36,7 +36,7 @@ from jaxgpt import sharding as sharding_lib
 from jaxgpt.config.run import MeshConfig, Rules
 from jaxgpt.config.tree import from_dict
 from jaxgpt.decode.generate import generate_batch
-from jaxgpt.model import GPT
+from jaxgpt.model import GPT, output_table
 from jaxgpt.state import make_scorer
 from jaxgpt.workdir import load_run
 
@@ -70,7 +70,7 @@ def score_rows(
     are made `chunk` positions at a time, never [B, T, V] at once."""
     inputs_BT, targets_BT = tokens_BT1[:, :-1], tokens_BT1[:, 1:]
     hidden_BTD = model.apply({"params": params}, inputs_BT, True, method=GPT.hidden_states)
-    emb_VD = params["wte"]["embedding"]
+    emb_VD = output_table(params)
     B, T, _ = hidden_BTD.shape
     chunk = max(1, min(chunk, T))
     n_chunks = -(-T // chunk)

@@ -1,12 +1,22 @@
-"""GPT-2 in Flax linen, with logical axis names on every parameter and activation.
+"""GPT-2 in Flax linen, with logical axis names on every parameter and activation, and the
+switches that make it a Llama-style model (one model, not two).
 
 Shape letters used in names:
     B batch, T sequence (query positions), S key positions, D model width (n_embd),
-    H heads, Q head dim (D / H), F MLP width (4D), V vocabulary, L layers.
+    H heads, K key/value heads (H under plain attention, fewer under grouped-query attention),
+    G = H / K query heads per key/value head, Q head dim (D / H), F MLP width (4D by default),
+    V vocabulary, L layers.
 
 Parameter names follow Hugging Face GPT-2 (wte, wpe, h_0/attn/c_attn, ln_f, ...) so that the
 export table is a rename plus reshapes; attention kernels are stored per head (D, 3, H, Q) so
-tensor parallelism splits whole heads.
+tensor parallelism splits whole heads. The switches (GPTConfig: position, norm, mlp, n_kv_head,
+tie_embeddings, qk_norm, bias) add or drop leaves, never rename the GPT-2 ones:
+    position="rope"   no wpe; queries and keys rotated (HF's half-split convention)
+    norm="rmsnorm"    ln_1, ln_2, ln_f have a scale only
+    mlp="swiglu"      mlp/c_fc/kernel (D, 2, F): gate and up in one matmul; "relu2": ReLU²
+    n_kv_head=K < H   attn/q_proj (D, H, Q) and attn/kv_proj (D, 2, K, Q) instead of c_attn
+    qk_norm           attn/q_norm, attn/k_norm: RMSNorm over each head's Q (Qwen3's placement)
+    tie_embeddings=False   lm_head/kernel (D, V)
 """
 
 from __future__ import annotations
@@ -50,9 +60,12 @@ def _constrain(x: jax.Array, names: tuple[str, ...]) -> jax.Array:
     return nn.with_logical_constraint(x, names)
 
 
-def layer_norm(c: GPTConfig, name: str | None = None) -> nn.LayerNorm:
+def layer_norm(c: GPTConfig, name: str | None = None) -> nn.Module:
+    """The block and final norm: LayerNorm (GPT-2) or RMSNorm (scale only)."""
+    if c.norm == "rmsnorm":
+        return rms_norm(c, name)
     return nn.LayerNorm(
-        epsilon=1e-5,
+        epsilon=c.norm_eps,
         use_bias=c.bias,
         dtype=c.compute_dtype,
         param_dtype=c.weight_dtype,
@@ -62,9 +75,36 @@ def layer_norm(c: GPTConfig, name: str | None = None) -> nn.LayerNorm:
     )
 
 
-def einsum_attention(q_BTHQ: jax.Array, k_BSHQ: jax.Array, v_BSHQ: jax.Array) -> jax.Array:
+def rms_norm(c: GPTConfig, name: str | None = None) -> nn.RMSNorm:
+    """RMSNorm over the last axis, statistics in float32 (as HF's LlamaRMSNorm)."""
+    return nn.RMSNorm(
+        epsilon=c.norm_eps,
+        dtype=c.compute_dtype,
+        param_dtype=c.weight_dtype,
+        scale_init=_ones(("norm",)),
+        name=name,
+    )
+
+
+def apply_rope(x_BTHQ: jax.Array, pos_BT: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding in Hugging Face's convention (pairs i and i + Q/2, frequencies
+    theta^(-2i/Q)), so Llama checkpoints load with no permutation. Angles in float32."""
+    Q = x_BTHQ.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, Q, 2, dtype=jnp.float32) / Q))
+    angles_BTq = pos_BT[..., None].astype(jnp.float32) * inv_freq
+    angles_BT1Q = jnp.concatenate([angles_BTq, angles_BTq], axis=-1)[:, :, None, :]
+    x = x_BTHQ.astype(jnp.float32)
+    half = Q // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return (x * jnp.cos(angles_BT1Q) + rotated * jnp.sin(angles_BT1Q)).astype(x_BTHQ.dtype)
+
+
+def einsum_attention(q_BTHQ: jax.Array, k_BSKQ: jax.Array, v_BSKQ: jax.Array) -> jax.Array:
     """Causal softmax attention written out; XLA's CPU backend runs it faster than the library
     path (whose per-group vmap leaves strided reductions in the backward pass)."""
+    if k_BSKQ.shape[2] != q_BTHQ.shape[2]:
+        return grouped_einsum_attention(q_BTHQ, k_BSKQ, v_BSKQ)
+    k_BSHQ, v_BSHQ = k_BSKQ, v_BSKQ
     T, S, Q = q_BTHQ.shape[1], k_BSHQ.shape[1], q_BTHQ.shape[-1]
     scores_BHTS = jnp.einsum(
         "bthq,bshq->bhts", q_BTHQ, k_BSHQ, preferred_element_type=jnp.float32
@@ -73,6 +113,21 @@ def einsum_attention(q_BTHQ: jax.Array, k_BSHQ: jax.Array, v_BSHQ: jax.Array) ->
     scores_BHTS = jnp.where(causal_TS, scores_BHTS, jnp.finfo(jnp.float32).min)
     probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1).astype(v_BSHQ.dtype)
     return jnp.einsum("bhts,bshq->bthq", probs_BHTS, v_BSHQ)
+
+
+def grouped_einsum_attention(q_BTHQ: jax.Array, k_BSKQ: jax.Array, v_BSKQ: jax.Array) -> jax.Array:
+    """einsum_attention with K < H key/value heads: query head h = k·G + g reads kv head k (the
+    grouping of HF's repeat_kv and of jax.nn.dot_product_attention), without repeating k, v."""
+    B, T, H, Q = q_BTHQ.shape
+    S, K = k_BSKQ.shape[1], k_BSKQ.shape[2]
+    q_BTKGQ = q_BTHQ.reshape(B, T, K, H // K, Q)
+    scores_BKGTS = jnp.einsum(
+        "btkgq,bskq->bkgts", q_BTKGQ, k_BSKQ, preferred_element_type=jnp.float32
+    ) * (1.0 / Q**0.5)
+    causal_TS = jnp.tril(jnp.ones((T, S), dtype=bool), k=S - T)
+    scores_BKGTS = jnp.where(causal_TS, scores_BKGTS, jnp.finfo(jnp.float32).min)
+    probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(v_BSKQ.dtype)
+    return jnp.einsum("bkgts,bskq->btkgq", probs_BKGTS, v_BSKQ).reshape(B, T, H, Q)
 
 
 def _check_cudnn(dtype: Any) -> None:
@@ -90,9 +145,10 @@ def _check_cudnn(dtype: Any) -> None:
         )
 
 
-def attention(q_BTHQ: jax.Array, k_BSHQ: jax.Array, v_BSHQ: jax.Array, impl: str) -> jax.Array:
-    """Causal attention. "auto": the written-out form on CPU; cuDNN flash attention on GPU for
-    16-bit inputs (jax's implementation=None does not pick it by itself); XLA elsewhere."""
+def attention(q_BTHQ: jax.Array, k_BSKQ: jax.Array, v_BSKQ: jax.Array, impl: str) -> jax.Array:
+    """Causal attention (K <= H key/value heads). "auto": the written-out form on CPU; cuDNN
+    flash attention on GPU for 16-bit inputs (jax's implementation=None does not pick it by
+    itself); XLA elsewhere."""
     if impl == "cudnn":
         _check_cudnn(q_BTHQ.dtype)
     if impl == "auto":
@@ -104,8 +160,8 @@ def attention(q_BTHQ: jax.Array, k_BSHQ: jax.Array, v_BSHQ: jax.Array, impl: str
         else:
             impl = None
     if impl == "einsum":
-        return einsum_attention(q_BTHQ, k_BSHQ, v_BSHQ)
-    return jax.nn.dot_product_attention(q_BTHQ, k_BSHQ, v_BSHQ, is_causal=True, implementation=impl)
+        return einsum_attention(q_BTHQ, k_BSKQ, v_BSKQ)
+    return jax.nn.dot_product_attention(q_BTHQ, k_BSKQ, v_BSKQ, is_causal=True, implementation=impl)
 
 
 class Projection(nn.Module):
@@ -141,28 +197,57 @@ class Projection(nn.Module):
         return y
 
 
+def project_qkv(
+    c: GPTConfig, x_BTD: jax.Array, pos_BT: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Queries [B, T, H, Q], keys and values [B, T, K, Q]: projected, then QK-normed and rotated
+    when those switches are on. Called inside CausalSelfAttention, whose submodules these are.
+
+    K == H keeps GPT-2's one fused c_attn (D, 3, H, Q). Under grouped-query attention K < H,
+    so queries and key/values are separate kernels; both name their head axis "heads", so the
+    tensor axis splits q heads and kv heads into the same number of contiguous blocks, and
+    query head h (kv head h // G) finds its kv head on its own device.
+    """
+    D, H, K, Q = c.n_embd, c.n_head, c.kv_heads, c.head_dim
+    if K == H:
+        c_attn = Projection(c, (D,), (3, H, Q), ("embed", "qkv", "heads", "kv"), name="c_attn")
+        qkv_BT3HQ = checkpoint_name(c_attn(x_BTD), "qkv")
+        q_BTHQ, k_BTKQ, v_BTKQ = (qkv_BT3HQ[:, :, i] for i in range(3))
+    else:
+        q_proj = Projection(c, (D,), (H, Q), ("embed", "heads", "kv"), name="q_proj")
+        kv_proj = Projection(c, (D,), (2, K, Q), ("embed", "qkv", "heads", "kv"), name="kv_proj")
+        q_BTHQ = checkpoint_name(q_proj(x_BTD), "qkv")
+        kv_BT2KQ = checkpoint_name(kv_proj(x_BTD), "qkv")
+        k_BTKQ, v_BTKQ = kv_BT2KQ[:, :, 0], kv_BT2KQ[:, :, 1]
+    if c.qk_norm:  # over each head's Q, before the rotation (as Qwen3)
+        q_BTHQ = rms_norm(c, "q_norm")(q_BTHQ)
+        k_BTKQ = rms_norm(c, "k_norm")(k_BTKQ)
+    if c.position == "rope":
+        q_BTHQ = apply_rope(q_BTHQ, pos_BT, c.rope_theta)
+        k_BTKQ = apply_rope(k_BTKQ, pos_BT, c.rope_theta)
+    return q_BTHQ, k_BTKQ, v_BTKQ
+
+
 class CausalSelfAttention(nn.Module):
     config: GPTConfig
 
     @nn.compact
     def __call__(
-        self, x_BTD: jax.Array, deterministic: bool, cache: KVCache | None = None
+        self,
+        x_BTD: jax.Array,
+        deterministic: bool,
+        cache: KVCache | None = None,
+        pos_BT: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
+        """pos_BT: each token's position id, which the rotary embedding reads (None for
+        learned positions: they were added to the input)."""
         c = self.config
-        qkv_BT3HQ = Projection(
-            c,
-            (c.n_embd,),
-            (3, c.n_head, c.head_dim),
-            ("embed", "qkv", "heads", "kv"),
-            name="c_attn",
-        )(x_BTD)
-        qkv_BT3HQ = checkpoint_name(qkv_BT3HQ, "qkv")
-        q_BTHQ, k_BTHQ, v_BTHQ = (qkv_BT3HQ[:, :, i] for i in range(3))
+        q_BTHQ, k_BTKQ, v_BTKQ = project_qkv(c, x_BTD, pos_BT)
         q_BTHQ = _constrain(q_BTHQ, ("batch", "act_seq", "act_heads", None))
         if cache is None:
-            y_BTHQ = attention(q_BTHQ, k_BTHQ, v_BTHQ, c.attention)
-        else:
-            y_BTHQ, cache = cache.attend(q_BTHQ, k_BTHQ, v_BTHQ)
+            y_BTHQ = attention(q_BTHQ, k_BTKQ, v_BTKQ, c.attention)
+        else:  # keys are cached rotated: a decode step rotates only its new ones
+            y_BTHQ, cache = cache.attend(q_BTHQ, k_BTKQ, v_BTKQ)
         y_BTHQ = checkpoint_name(y_BTHQ, "attn_out")
         # GPT-2 scales residual projections by 1/sqrt(2L) so the residual stream's variance
         # does not grow with depth.
@@ -184,18 +269,26 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x_BTD: jax.Array, deterministic: bool) -> jax.Array:
         c = self.config
-        h_BTF = nn.Dense(
-            4 * c.n_embd,
-            use_bias=c.bias,
-            dtype=c.compute_dtype,
-            param_dtype=c.weight_dtype,
-            kernel_init=_init(("embed", "mlp")),
-            bias_init=_zeros(("mlp",)),
-            name="c_fc",
-        )(x_BTD)
-        h_BTF = checkpoint_name(h_BTF, "mlp_fc")
-        h_BTF = _constrain(nn.gelu(h_BTF, approximate=True), ("batch", "act_seq", "act_mlp"))
-        h_BTF = checkpoint_name(h_BTF, "mlp_gelu")
+        if c.mlp == "swiglu":  # gate and up in one matmul; both split the same way over F
+            h_BT2F = Projection(
+                c, (c.n_embd,), (2, c.mlp_dim), ("embed", None, "mlp"), name="c_fc"
+            )(x_BTD)
+            h_BT2F = checkpoint_name(h_BT2F, "mlp_fc")
+            h_BTF = nn.silu(h_BT2F[:, :, 0]) * h_BT2F[:, :, 1]
+        else:
+            h_BTF = nn.Dense(
+                c.mlp_dim,
+                use_bias=c.bias,
+                dtype=c.compute_dtype,
+                param_dtype=c.weight_dtype,
+                kernel_init=_init(("embed", "mlp")),
+                bias_init=_zeros(("mlp",)),
+                name="c_fc",
+            )(x_BTD)
+            h_BTF = checkpoint_name(h_BTF, "mlp_fc")
+            h_BTF = nn.gelu(h_BTF, approximate=True) if c.mlp == "gelu" else nn.relu(h_BTF) ** 2
+        h_BTF = _constrain(h_BTF, ("batch", "act_seq", "act_mlp"))
+        h_BTF = checkpoint_name(h_BTF, "mlp_gelu")  # the activation's output, whichever it is
         y_BTD = nn.Dense(
             c.n_embd,
             use_bias=c.bias,
@@ -214,11 +307,15 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BTD: jax.Array, deterministic: bool, cache: KVCache | None = None
+        self,
+        x_BTD: jax.Array,
+        deterministic: bool,
+        cache: KVCache | None = None,
+        pos_BT: jax.Array | None = None,
     ) -> jax.Array | tuple[jax.Array, KVCache]:
         c = self.config
         y_BTD, new_cache = CausalSelfAttention(c, name="attn")(
-            layer_norm(c, "ln_1")(x_BTD), deterministic, cache
+            layer_norm(c, "ln_1")(x_BTD), deterministic, cache, pos_BT
         )
         x_BTD = x_BTD + y_BTD
         x_BTD = x_BTD + MLP(c, name="mlp")(layer_norm(c, "ln_2")(x_BTD), deterministic)
@@ -232,8 +329,10 @@ class ScannedBlock(nn.Module):
     config: GPTConfig
 
     @nn.compact
-    def __call__(self, x_BTD: jax.Array, deterministic: bool) -> tuple[jax.Array, None]:
-        return Block(self.config, name="block")(x_BTD, deterministic), None
+    def __call__(
+        self, x_BTD: jax.Array, deterministic: bool, pos_BT: jax.Array | None = None
+    ) -> tuple[jax.Array, None]:
+        return Block(self.config, name="block")(x_BTD, deterministic, None, pos_BT), None
 
 
 def remat_policy(config: GPTConfig) -> Callable | None:
@@ -266,13 +365,22 @@ class GPT(nn.Module):
             param_dtype=c.weight_dtype,
             embedding_init=_init(("vocab", "embed")),
         )
-        self.wpe = nn.Embed(
-            c.block_size,
-            c.n_embd,
-            dtype=c.compute_dtype,
-            param_dtype=c.weight_dtype,
-            embedding_init=_init(("pos", "embed"), 0.01),
-        )
+        if c.position == "learned":
+            self.wpe = nn.Embed(
+                c.block_size,
+                c.n_embd,
+                dtype=c.compute_dtype,
+                param_dtype=c.weight_dtype,
+                embedding_init=_init(("pos", "embed"), 0.01),
+            )
+        if not c.tie_embeddings:
+            self.lm_head = nn.Dense(
+                c.vocab_size,
+                use_bias=False,
+                dtype=c.compute_dtype,
+                param_dtype=c.weight_dtype,
+                kernel_init=_init(("embed", "vocab")),
+            )
         self.drop = nn.Dropout(c.dropout)
         if c.scan_layers:
             # deterministic (arg 2 counting self) is static under remat: it picks the code path.
@@ -281,7 +389,7 @@ class GPT(nn.Module):
                 block_cls,
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=nn.broadcast,
+                in_axes=(nn.broadcast, nn.broadcast),
                 length=c.n_layer,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(c, name="h")
@@ -312,15 +420,16 @@ class GPT(nn.Module):
         return self.logits(x_BD), new_caches
 
     def hidden_states(self, tokens_BT: jax.Array, deterministic: bool = True) -> jax.Array:
-        """The final LayerNorm's output [B, T, D] in the compute dtype: what the tied output
-        projection reads. loss.chunked_cross_entropy projects it a chunk at a time, so the
+        """The final norm's output [B, T, D] in the compute dtype: what the output projection
+        (output_table) reads. loss.chunked_cross_entropy projects it a chunk at a time, so the
         [B, T, V] logits are never whole in memory (call with apply(..., method=...))."""
         x_BTD, _ = self._trunk(tokens_BT, deterministic, None)
         return self.ln_f(x_BTD)
 
     def logits(self, x_BTD: jax.Array) -> jax.Array:
-        """Tied output projection: logits in the compute dtype, then float32 for the softmax."""
-        logits_BTV = self.wte.attend(x_BTD)
+        """Output projection (tied to wte, or lm_head): logits in the compute dtype, then
+        float32 for the softmax."""
+        logits_BTV = self.wte.attend(x_BTD) if self.config.tie_embeddings else self.lm_head(x_BTD)
         return _constrain(logits_BTV, ("batch", "act_seq", "act_vocab")).astype(jnp.float32)
 
     def _trunk(
@@ -337,21 +446,33 @@ class GPT(nn.Module):
             if c.scan_layers:
                 raise ValueError("decode the unrolled model: see decode.generate.unscan_params")
             pos_BT = caches[0].positions(T)  # every layer's cache holds the same rows
-        x_BTD = self.wte(tokens_BT) + self.wpe(pos_BT)
+        x_BTD = self.wte(tokens_BT)
+        if c.position == "learned":
+            x_BTD = x_BTD + self.wpe(pos_BT)
+        # Rotary positions are read by every attention layer; learned ones were added above.
+        pos_BT = pos_BT if c.position == "rope" else None
         x_BTD = _constrain(
             self.drop(x_BTD, deterministic=deterministic), ("batch", "act_seq", "act_embed")
         )
         new_caches = []
         if c.scan_layers:
-            x_BTD, _ = self.h(x_BTD, deterministic)
+            x_BTD, _ = self.h(x_BTD, deterministic, pos_BT)
         elif caches is None:
             for block in self.blocks:
-                x_BTD = block(x_BTD, deterministic)
+                x_BTD = block(x_BTD, deterministic, None, pos_BT)
         else:
             for block, cache in zip(self.blocks, caches, strict=True):
-                x_BTD, cache = block(x_BTD, deterministic, cache)
+                x_BTD, cache = block(x_BTD, deterministic, cache, pos_BT)
                 new_caches.append(cache)
         return x_BTD, new_caches
+
+
+def output_table(params: Any) -> jax.Array:
+    """The output projection as a [V, D] table (logits = hidden · tableᵀ): the token embedding
+    when tied, else lm_head's kernel transposed. What chunked losses pass for emb_VD."""
+    if "lm_head" in params:
+        return params["lm_head"]["kernel"].T
+    return params["wte"]["embedding"]
 
 
 def count_params(params: Any, exclude_positions: bool = False) -> int:

@@ -16,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxgpt import sharding as sharding_lib
 from jaxgpt.loss import chunked_cross_entropy
-from jaxgpt.model import GPT
+from jaxgpt.model import GPT, output_table
 
 
 @flax.struct.dataclass
@@ -78,7 +78,7 @@ def next_token_loss(
         hidden_BTD = model.apply(
             variables, inputs_BT, deterministic, rngs=rngs, method=GPT.hidden_states
         )
-        emb_VD = params["wte"]["embedding"]
+        emb_VD = output_table(params)
         total = chunked_cross_entropy(
             hidden_BTD, emb_VD, targets_BT, weights_BT, model.config.loss_chunk
         )

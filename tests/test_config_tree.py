@@ -39,12 +39,22 @@ NEWER_CLEAN = (
     "collapse_spaces", "strip_trailing_whitespace", "max_blank_lines", "strip_blank_edges",
     "min_words", "max_line_chars", "max_replacement_fraction",
 )  # fmt: skip
+# The architecture switches (issue 18): a run from before them is a GPT-2.
+NEWER_MODEL = (
+    "position", "rope_theta", "norm", "norm_eps", "mlp", "mlp_hidden", "n_kv_head",
+    "tie_embeddings", "qk_norm",
+)  # fmt: skip
 NEWER_KEYS = (
     "train.epochs",
     *(f"data.clean.{k}" for k in NEWER_CLEAN),
     *(f"data.dedup.{k}" for k in ("num_perm", "shingle_size", "seed")),
     "train.wandb",
+    "data.engine",
+    "data.ray_address",
     *(f"train.{k}" for k in ("eval_tasks", "eval_tasks_path", "eval_tasks_limit")),
+    *(f"data.{k}" for k in ("parquet_column", "hf_split", "hf_field")),
+    *(f"opt.{k}" for k in ("muon_lr", "muon_momentum", "muon_ns_steps", "muon_weight_decay")),
+    *(f"model.{k}" for k in NEWER_MODEL),
 )
 OLD_STYLE = "from configs import base\n\n\ndef get_config():\n    return base.get_config()\n"
 

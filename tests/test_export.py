@@ -184,8 +184,8 @@ def test_config_round_trip():
 def test_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         import_hf(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(ValueError, match=r"not a GPT-2 model.*'llama'"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(ValueError, match=r"not a GPT-2, Llama or Qwen3 model.*'t5'"):
         import_hf(tmp_path)
     relu = {**hf_config(CFG), "activation_function": "relu"}
     with pytest.raises(ValueError, match="activation_function='relu'"):

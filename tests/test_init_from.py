@@ -93,13 +93,7 @@ def test_resolve_hf_reads_the_config_not_the_weights(hf_source):
     path, _ = hf_source
     source = init_from.resolve(f"hf:{path}")
     assert source.kind == "hf" and source.path == path and source.spec == f"hf:{path}"
-    assert source.architecture == {
-        "vocab_size": 13,
-        "n_layer": 2,
-        "n_head": 2,
-        "n_embd": 16,
-        "bias": True,
-    }
+    assert source.architecture == {k: getattr(HF_CFG, k) for k in init_from.ARCHITECTURE}
     assert source.block_size == 16
     assert source.tokenizer_path == path / "tokenizer.json"
     # generation_config.json names the stop token by id; the tokenizer turns it into its name.
@@ -149,8 +143,10 @@ def test_resolve_bad_specs_say_what_to_do(tmp_path, spec, error, match):
 def test_resolve_hf_folders_that_do_not_fit(hf_source, tmp_path):
     path, _ = hf_source
     config = json.loads((path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
-    with pytest.raises(ValueError, match=r"is not a GPT-2 model jaxgpt can load: model_type"):
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "t5"}))
+    with pytest.raises(
+        ValueError, match=r"is not a GPT-2, Llama or Qwen3 model jaxgpt can load: model_type"
+    ):
         init_from.resolve(f"hf:{tmp_path}")
     (tmp_path / "config.json").write_text(json.dumps({**config, "activation_function": "relu"}))
     with pytest.raises(ValueError, match=r"unsupported GPT-2 variant: activation_function='relu'"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from jaxgpt.config.locations import check_location
 
@@ -11,6 +12,10 @@ TOKENIZER_TYPES = ("bpe", "unigram", "char")
 MAX_SHINGLE_SIZE = 8  # word positions jaxgpt.data.dedup has a multiplier for
 SPLIT_MODES = ("auto", "document", "tail")
 FORMATS = ("text", "sft")
+# The Ray Data engine (issue 15) is not in this version yet: "local" only.
+ENGINES = ("local",)
+# "" (start Ray here), "auto" (the cluster this machine is in), HOST:PORT, or ray://HOST:PORT
+RAY_ADDRESS = re.compile(r"(auto|(ray://)?[\w.\-\[\]:]+:\d+)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,12 +112,17 @@ class DataConfig:
     jsonl_field: str = "text"
     tfds_data_dir: str = ""
     tfds_text_field: str = "text"
+    parquet_column: str = "text"
+    hf_split: str = "train"
+    hf_field: str = "text"
     stdlib_max_mb: float = 8.0
     val_fraction: float = 0.1
     split: str = "auto"
     strict: bool = False
     shard_mb: float = 256.0
     workers: int = 0
+    engine: str = "local"
+    ray_address: str = ""
     clean: CleanConfig = dataclasses.field(default_factory=CleanConfig)
     dedup: DedupConfig = dataclasses.field(default_factory=DedupConfig)
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
@@ -128,3 +138,21 @@ class DataConfig:
             raise ValueError(f"data.shard_mb must be positive, got {self.shard_mb}")
         check_location(self.path, "data.path")
         check_location(self.tfds_data_dir, "data.tfds_data_dir", remote_ok=False)
+        self._check_engine()
+        for key in ("parquet_column", "hf_split", "hf_field"):
+            if not getattr(self, key):
+                raise ValueError(f"data.{key} is empty: name the column, split or field to read")
+
+    def _check_engine(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"data.engine={self.engine!r} is not one of {ENGINES}")
+        if self.ray_address and not RAY_ADDRESS.fullmatch(self.ray_address):
+            raise ValueError(
+                f'data.ray_address={self.ray_address!r} is not "" (start Ray on this machine), '
+                '"auto" (the cluster this machine belongs to), HOST:PORT or ray://HOST:PORT'
+            )
+        if self.ray_address and self.engine != "ray":
+            raise ValueError(
+                f"data.ray_address={self.ray_address!r} is set but data.engine={self.engine!r}: "
+                "set data.engine=ray to prepare on that cluster, or clear data.ray_address"
+            )

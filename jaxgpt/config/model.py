@@ -13,6 +13,11 @@ REMAT_POLICIES = ("none", "full", "dots", "names")
 # GPTConfig.remat_names for the backward pass and recomputes the rest.
 REMAT_NAMES = ("qkv", "attn_out", "attn_proj", "mlp_fc", "mlp_gelu", "mlp_proj")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum")
+# Architecture switches: the first of each is GPT-2's; Llama-style models use rope, rmsnorm,
+# swiglu (relu2 = ReLU squared, the speedrun MLP).
+POSITIONS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu", "relu2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +43,16 @@ class GPTConfig:
     scan_layers: bool = False
     attention: str = "auto"
     loss_chunk: int = 0  # tokens per chunk of the output projection + loss (0 = all at once)
+    # Architecture switches (defaults = GPT-2); see configs/base.py for each.
+    position: str = "learned"
+    rope_theta: float = 10000.0
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"
+    mlp_hidden: int = 0  # F; 0 = the MLP's usual width (see mlp_dim)
+    n_kv_head: int = 0  # K; 0 = n_head (no grouped-query attention)
+    tie_embeddings: bool = True
+    qk_norm: bool = False
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -49,15 +64,19 @@ class GPTConfig:
             ("param_dtype", self.param_dtype, DTYPES),
             ("remat", self.remat, REMAT_POLICIES),
             ("attention", self.attention, ATTENTION_IMPLS),
+            ("position", self.position, POSITIONS),
+            ("norm", self.norm, NORMS),
+            ("mlp", self.mlp, MLPS),
         ):
             if value not in allowed:
                 raise ValueError(f"model.{key}={value!r} is not one of {sorted(allowed)}")
         for key in ("block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"model.{key} must be positive, got {getattr(self, key)}")
-        for key in ("vocab_size", "loss_chunk"):
+        for key in ("vocab_size", "loss_chunk", "mlp_hidden", "n_kv_head"):
             if getattr(self, key) < 0:
                 raise ValueError(f"model.{key} must be >= 0, got {getattr(self, key)}")
+        self._check_architecture()
         # A ConfigDict may hand over a list or a comma-separated string; keep a hashable tuple.
         names = self.remat_names
         if isinstance(names, str):
@@ -69,9 +88,41 @@ class GPTConfig:
                 f"model.remat_names has unknown names {unknown}; known: {list(REMAT_NAMES)}"
             )
 
+    def _check_architecture(self) -> None:
+        if self.n_head % self.kv_heads:
+            raise ValueError(
+                f"model.n_kv_head ({self.n_kv_head}) must divide model.n_head ({self.n_head}): "
+                "each key/value head serves a whole group of query heads"
+            )
+        if self.position == "rope" and self.head_dim % 2:
+            raise ValueError(
+                f"model.position='rope' rotates pairs of the head dim, which is odd "
+                f"({self.head_dim} = n_embd / n_head): change model.n_embd or model.n_head"
+            )
+        if self.rope_theta <= 0 or self.norm_eps <= 0:
+            raise ValueError(
+                f"model.rope_theta ({self.rope_theta}) and model.norm_eps ({self.norm_eps}) "
+                "must be positive"
+            )
+
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """K: key/value heads (each serves n_head / K query heads)."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def mlp_dim(self) -> int:
+        """F: the MLP's hidden width. mlp_hidden, else 4·D, or for swiglu (three matrices, not
+        two) 8·D/3 rounded up to a multiple of 64, about the same parameters as 4·D."""
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":
+            return -(-8 * self.n_embd // 3 // 64) * 64
+        return 4 * self.n_embd
 
     @property
     def compute_dtype(self) -> Any:

@@ -9,7 +9,7 @@ from jaxgpt.config.data import DataConfig
 from jaxgpt.config.locations import check_location
 from jaxgpt.config.model import GPTConfig
 
-OPTIMIZERS = ("adamw", "adam", "adabelief")
+OPTIMIZERS = ("adamw", "adam", "adabelief", "muon")
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
 WANDB_MODES = ("", "online", "offline", "disabled")  # "": WANDB_MODE, else online
 Rules = tuple[tuple[str, Any], ...]  # (logical axis name, mesh axis | None | tuple of axes)
@@ -49,10 +49,27 @@ class OptConfig:
     weight_decay: float = 0.1
     decay_embeddings: bool = False
     grad_clip: float = 1.0
+    # name="muon": Muon for the kernels inside transformer blocks, AdamW (the keys above) for
+    # embeddings, the output layer, norms and biases.
+    muon_lr: float = 0.02  # peak learning rate of the Muon branch (same schedule shape)
+    muon_momentum: float = 0.95  # Nesterov momentum of the Muon branch
+    muon_ns_steps: int = 5  # Newton-Schulz iterations that orthogonalize each update
+    muon_weight_decay: float = 0.0  # decoupled weight decay of the Muon branch
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
             raise ValueError(f"opt.name={self.name!r} is not one of {OPTIMIZERS}")
+        if self.lr <= 0 or self.muon_lr <= 0:
+            raise ValueError(
+                f"opt.lr ({self.lr}) and opt.muon_lr ({self.muon_lr}) must be positive "
+                "(the schedules decay from them to min_lr)"
+            )
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ValueError(f"opt.muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        if self.muon_ns_steps < 1:
+            raise ValueError(f"opt.muon_ns_steps must be >= 1, got {self.muon_ns_steps}")
+        if self.muon_weight_decay < 0:
+            raise ValueError(f"opt.muon_weight_decay must be >= 0, got {self.muon_weight_decay}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"opt.schedule={self.schedule!r} is not one of {SCHEDULES}")
         if self.warmup_steps < 0 or self.decay_steps < 0:

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 
 @flax.struct.dataclass
 class KVCache:
-    """One layer's keys and values for decoding: [B, H, S, Q] buffers of S positions.
+    """One layer's keys and values for decoding: [B, K, S, Q] buffers of S positions (K key/value
+    heads: fewer than the H query heads under grouped-query attention; rotary models store keys
+    already rotated, so a decode step rotates only its own).
 
     Row b holds its tokens at positions 0 .. length_B[b] − 1 (left-aligned), and a token's
     position id is its place in the cache. So prompts of different lengths share a batch with
@@ -42,7 +44,7 @@ class KVCache:
         """A cache of `length` positions (default: the context) with every row empty; fresh=False
         for one whose rows will fill one by one (the server's slots)."""
         length = config.block_size if length is None else length
-        shape = (batch, config.n_head, length, config.head_dim)
+        shape = (batch, config.kv_heads, length, config.head_dim)
         # Separate k and v buffers: the server donates its caches, and a buffer is donated once.
         k, v = (jnp.zeros(shape, config.compute_dtype) for _ in range(2))
         return cls(k, v, jnp.zeros((batch,), jnp.int32), fresh)
@@ -51,13 +53,13 @@ class KVCache:
         """Position ids [B, T] of T new tokens: each row goes on from its own length."""
         return self.length_B[:, None] + jnp.arange(T)[None, :]
 
-    def attend(self, q_BTHQ, k_BTHQ, v_BTHQ) -> tuple[jax.Array, KVCache]:
+    def attend(self, q_BTHQ, k_BTKQ, v_BTKQ) -> tuple[jax.Array, KVCache]:
         """Write T new keys/values after each row's tokens, attend over each row's filled part;
         returns the output and the cache with every row T longer."""
         T, S = q_BTHQ.shape[1], self.k_BHSQ.shape[2]
         # Heads before positions, as the buffers keep them.
-        k_BHSQ = self._write(self.k_BHSQ, k_BTHQ.transpose(0, 2, 1, 3))
-        v_BHSQ = self._write(self.v_BHSQ, v_BTHQ.transpose(0, 2, 1, 3))
+        k_BHSQ = self._write(self.k_BHSQ, k_BTKQ.transpose(0, 2, 1, 3))
+        v_BHSQ = self._write(self.v_BHSQ, v_BTKQ.transpose(0, 2, 1, 3))
         visible_BTS = jnp.arange(S)[None, None, :] <= self.positions(T)[:, :, None]
         y_BTHQ = cached_attention(q_BTHQ, k_BHSQ, v_BHSQ, visible_BTS)
         return y_BTHQ, KVCache(k_BHSQ, v_BHSQ, self.length_B + T, fresh=False)
@@ -73,6 +75,8 @@ class KVCache:
 
 def cached_attention(q_BTHQ, k_BHSQ, v_BHSQ, visible_BTS) -> jax.Array:
     """Attention of T new queries over a cache's S positions, where visible_BTS allows."""
+    if k_BHSQ.shape[1] != q_BTHQ.shape[2]:
+        return grouped_cached_attention(q_BTHQ, k_BHSQ, v_BHSQ, visible_BTS)
     Q = q_BTHQ.shape[-1]
     scores_BHTS = jnp.einsum(
         "bthq,bhsq->bhts", q_BTHQ, k_BHSQ, preferred_element_type=jnp.float32
@@ -80,6 +84,20 @@ def cached_attention(q_BTHQ, k_BHSQ, v_BHSQ, visible_BTS) -> jax.Array:
     scores_BHTS = jnp.where(visible_BTS[:, None], scores_BHTS, jnp.finfo(jnp.float32).min)
     probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1).astype(v_BHSQ.dtype)
     return jnp.einsum("bhts,bhsq->bthq", probs_BHTS, v_BHSQ).astype(q_BTHQ.dtype)
+
+
+def grouped_cached_attention(q_BTHQ, k_BKSQ, v_BKSQ, visible_BTS) -> jax.Array:
+    """cached_attention with K < H cached heads: query head h = k·G + g reads kv head k."""
+    B, T, H, Q = q_BTHQ.shape
+    K = k_BKSQ.shape[1]
+    q_BTKGQ = q_BTHQ.reshape(B, T, K, H // K, Q)
+    scores_BKGTS = jnp.einsum(
+        "btkgq,bksq->bkgts", q_BTKGQ, k_BKSQ, preferred_element_type=jnp.float32
+    ) * (1.0 / Q**0.5)
+    scores_BKGTS = jnp.where(visible_BTS[:, None, None], scores_BKGTS, jnp.finfo(jnp.float32).min)
+    probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(v_BKSQ.dtype)
+    y_BTKGQ = jnp.einsum("bkgts,bksq->btkgq", probs_BKGTS, v_BKSQ)
+    return y_BTKGQ.reshape(B, T, H, Q).astype(q_BTHQ.dtype)
 
 
 def init_cache(

@@ -1,4 +1,5 @@
-"""A training run as a Hugging Face GPT-2 folder that `transformers` loads offline.
+"""A training run as a Hugging Face folder that `transformers` loads offline: GPT-2, Llama or
+Qwen3, whichever architecture computes what the model's switches do (interop.hf.hf_family).
 
 `export_hf(workdir, out)` writes config.json, model.safetensors, generation_config.json,
 tokenizer.json and tokenizer_config.json; `AutoModelForCausalLM.from_pretrained` and
@@ -48,7 +49,8 @@ def open_for_export(
 def export_hf(
     workdir: str | Path, out_dir: str | Path, dtype: str = "float32", step: int | None = None
 ) -> Path:
-    """Write a training run's checkpoint as a Hugging Face GPT-2 folder.
+    """Write a training run's checkpoint as a Hugging Face folder (GPT2LMHeadModel,
+    LlamaForCausalLM or Qwen3ForCausalLM, by the model's switches).
 
     Args:
         workdir: a jaxgpt run directory (checkpoints/, config.json, tokenizer).

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgpt.interop.hf import hf_config, params_to_hf
+from jaxgpt.interop.hf import hf_config, transformers_model
 from jaxgpt.interop.hf_export import open_for_export, write_json
 from jaxgpt.interop.hf_tokenizer import write_hf_tokenizer
 from jaxgpt.model import GPT, GPTConfig
@@ -46,22 +46,9 @@ def require_onnx_packages() -> None:
 
 
 def torch_model(params: Any, cfg: GPTConfig) -> Any:
-    """The HF GPT2LMHeadModel (float32, eval mode) that computes what jaxgpt's params do."""
-    import torch  # lazy: optional [onnx] extra, slow to import
-    import transformers  # lazy: optional [onnx] extra, slow to import
-
-    fields = {k: v for k, v in hf_config(cfg).items() if k not in ("architectures", "model_type")}
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**fields)).eval()
-    state = {
-        k: torch.from_numpy(np.array(v, np.float32)) for k, v in params_to_hf(params, cfg).items()
-    }
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # lm_head is tied to wte, so it is the one key the state dict leaves out.
-    if set(missing) - {"lm_head.weight"} or unexpected:
-        raise ValueError(
-            f"HF GPT-2 did not take the weights: missing {missing}, extra {unexpected}"
-        )
-    return model
+    """The transformers model (float32, eval mode: GPT-2, Llama or Qwen3, by the config) that
+    computes what jaxgpt's params do."""
+    return transformers_model(params, cfg)
 
 
 def _logits_only(model: Any) -> Any:
