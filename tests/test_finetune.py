@@ -134,8 +134,8 @@ def test_hf_folder_of_another_architecture_or_shape(source, tmp_path):
     for name in ("model.safetensors", "tokenizer.json", "generation_config.json"):
         (tmp_path / name).write_bytes((hf_dir / name).read_bytes())
     config = json.loads((hf_dir / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
-    with pytest.raises(ValueError, match="not a GPT-2 model"):
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "t5"}))
+    with pytest.raises(ValueError, match="not a GPT-2, Llama or Qwen3 model"):
         train(finetune_config(corpus, f"hf:{tmp_path}"), tmp_path / "ft")
     (tmp_path / "config.json").write_text(json.dumps({**config, "n_embd": 64}))
     with pytest.raises(ValueError, match="shape"):
