@@ -77,7 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.strict = False  # fail at the first bad input (file:line) instead of counting it
     c.data.shard_mb = 256.0  # size of one token shard file
     c.data.workers = 0  # worker processes (local engine; ray: CPUs of a Ray started here); 0 = all
-    c.data.engine = "local"  # local (processes on this machine); ray: not in this version yet
+    c.data.engine = "local"  # local (processes on this machine) | ray (Ray Data; docs/data.md)
     c.data.ray_address = ""  # engine=ray: "" = start Ray here, "auto" = this cluster, HOST:PORT
     c.data.clean = ml_collections.ConfigDict()
     c.data.clean.normalization = "NFC"  # Unicode normalization: NFC | NFKC | none

@@ -6,6 +6,8 @@ missing or stale). Rerunning with unchanged inputs and settings does nothing; --
 A build that was killed, or failed to write (a full disk), leaves nothing that would be used:
 rerun the same command. data.path may be gs://BUCKET/PATH or s3://BUCKET/PATH: the dir is built
 locally, then uploaded with its metadata.json last (docs/data.md, "Data in a bucket").
+--config.data.engine=ray runs the same stages on Ray Data (data.ray_address: "" starts Ray here,
+"auto" or HOST:PORT joins a cluster), writing the same bytes (docs/data.md, "On a Ray cluster").
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ def main(argv: list[str] | None = None) -> None:
             parser.exit(1, "error: set --config.data.path=DIR (where the dataset goes)\n")
         build = build_dataset if args.force else prepare_dataset
         info = build(rc.data, rc.data.path)
-    # Bad input, a failed write (staging.WriteError), or a bucket that cannot be used.
-    except (ValueError, OSError, StorageError) as e:
+    # Bad input, a failed write (staging.WriteError), a bucket that cannot be used, or
+    # data.engine=ray without Ray installed (ImportError) or without a cluster (OSError).
+    except (ValueError, OSError, StorageError, ImportError) as e:
         sys.exit(f"error: {e}")
     print(
         f"{info.path}: {info.train_tokens:,} training and {info.val_tokens:,} validation tokens "

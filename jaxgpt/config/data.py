@@ -12,8 +12,7 @@ TOKENIZER_TYPES = ("bpe", "unigram", "char")
 MAX_SHINGLE_SIZE = 8  # word positions jaxgpt.data.dedup has a multiplier for
 SPLIT_MODES = ("auto", "document", "tail")
 FORMATS = ("text", "sft")
-# The Ray Data engine (issue 15) is not in this version yet: "local" only.
-ENGINES = ("local",)
+ENGINES = ("local", "ray")
 # "" (start Ray here), "auto" (the cluster this machine is in), HOST:PORT, or ray://HOST:PORT
 RAY_ADDRESS = re.compile(r"(auto|(ray://)?[\w.\-\[\]:]+:\d+)")
 

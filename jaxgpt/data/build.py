@@ -1,10 +1,14 @@
 """Build a data dir: read → clean → deduplicate → split → JSONL → tokenizer → token shards.
 
-Two passes, so memory stays bounded by the dedup index rather than the corpus: the first writes
-the cleaned documents as JSONL (and keeps a sample for the tokenizer), the second encodes the
-JSONL in parallel worker processes into shards. Everything is written into a staging dir that
-is renamed into place only when complete (data/staging.py), so a killed build leaves no data
-dir that could be used, and a failed write gives one clear error.
+The stages are functions over batches of documents (data/stages.py) run by an engine: the local
+engine (data/engine_local.py: worker processes on this machine, the default) or Ray Data
+(data/engine_ray.py, data.engine=ray), which give byte-identical data dirs. Pass A computes
+every document's dedup keys and the engine resolves them globally (data/dedup.py) into the ids
+of the documents to drop; pass B reads again, drops those, splits, and writes the cleaned
+documents as JSONL (and keeps a sample for the tokenizer); then the JSONL is encoded into
+shards. Memory stays bounded by a batch and a key partition, not by the corpus. Everything is
+written into a staging dir that is renamed into place only when complete (data/staging.py), so
+a killed build leaves no data dir that could be used, and a failed write gives one clear error.
 """
 
 from __future__ import annotations
@@ -14,10 +18,8 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
-import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -28,9 +30,9 @@ from tqdm import tqdm
 
 from jaxgpt import storage
 from jaxgpt.config import AnyPath, is_remote, location
-from jaxgpt.data import remote, staging
+from jaxgpt.data import engine_ray, remote, staging
 from jaxgpt.data import sources as sources_lib
-from jaxgpt.data.clean import CleanStats, clean_documents
+from jaxgpt.data.clean import CleanStats
 from jaxgpt.data.dataset import (
     FORMAT_VERSION,
     DataConfig,
@@ -39,45 +41,28 @@ from jaxgpt.data.dataset import (
     load_dataset,
     stale_reason,
 )
-from jaxgpt.data.dedup import DedupStats, deduplicate
+from jaxgpt.data.dedup import DedupStats
+from jaxgpt.data.engine_local import LocalEngine, WorkerPool
+from jaxgpt.data.inputs import ReadStats
 from jaxgpt.data.sft import build_sft
 from jaxgpt.data.shards import ShardWriter, token_dtype
+from jaxgpt.data.stages import (
+    AUTO_SPLIT_MIN_DOCS,
+    KeptBatch,
+    encode_texts,
+    merge_read_stats,
+    peak_rss_mb,
+    plan_tasks,
+    private_peak_mb,
+    split_documents,
+    sum_workers,
+    watch_memory,
+    worker_row,
+)
 from jaxgpt.data.tokenizer import make_tokenizer, tokenizer_from_bytes
 
-AUTO_SPLIT_MIN_DOCS = 100  # fewer documents than this: hold out the tail of each instead
 ENCODE_CHUNK_BYTES = 4_000_000  # text per worker task
 IN_PROCESS_BYTES = 8_000_000  # smaller corpora are encoded without a process pool
-
-
-def _doc_fraction(text: str) -> float:
-    """A document's fixed place in [0, 1): its hash, so the split never depends on order."""
-    return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big") / 2**64
-
-
-def split_documents(
-    docs: Iterable[str], val_fraction: float, mode: str
-) -> Iterator[tuple[str, str]]:
-    """Yield (split, text). document: whole documents by hash; tail: the last val_fraction of
-    every document's characters; auto: document when there are enough documents, else tail."""
-    docs = iter(docs)
-    if mode == "auto":
-        head = [d for _, d in zip(range(AUTO_SPLIT_MIN_DOCS), docs, strict=False)]
-        mode = "document" if len(head) >= AUTO_SPLIT_MIN_DOCS else "tail"
-        docs = _chain(head, docs)
-    for doc in docs:
-        if mode == "document":
-            yield ("val" if _doc_fraction(doc) < val_fraction else "train"), doc
-        else:
-            cut = int(len(doc) * (1 - val_fraction))
-            if doc[:cut]:
-                yield "train", doc[:cut]
-            if doc[cut:]:
-                yield "val", doc[cut:]
-
-
-def _chain(head: list[str], rest: Iterator[str]) -> Iterator[str]:
-    yield from head
-    yield from rest
 
 
 def _read_jsonl_texts(path: Path) -> Iterator[str]:
@@ -98,38 +83,36 @@ def _chunks(texts: Iterable[str], max_bytes: int) -> Iterator[list[str]]:
         yield chunk
 
 
-_WORKER_TOKENIZER = None
+_WORKER_TOKENIZERS: dict = {}  # in a worker process: the tokenizer shipped with its tasks
 
 
-def _init_worker(filename: str, data: bytes, eot_token: str, parent: int) -> None:
-    global _WORKER_TOKENIZER
-    _WORKER_TOKENIZER = tokenizer_from_bytes(filename, data, eot_token)
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+def _shipped(tokenizer) -> tuple[str, str, bytes, str]:
+    """What a worker process needs to rebuild the tokenizer: (key, file name, bytes, EOT)."""
+    key = hashlib.sha256(tokenizer.proto).hexdigest()
+    return key, type(tokenizer).filename, tokenizer.proto, getattr(tokenizer, "eot_token", "")
 
 
-def _exit_with_parent(parent: int) -> None:
-    """A build killed with kill -9 cannot stop its workers, and they would wait for work
-    forever: each watches for its parent to go."""
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)
-
-
-def _encode_chunk(texts: list[str], tokenizer=None) -> tuple[np.ndarray, int]:
-    """Token ids of the documents, each followed by EOT, as one uint32 array; and its bytes."""
-    tok = tokenizer or _WORKER_TOKENIZER
-    ids = tok.encode_batch(texts)
-    out = np.empty(sum(map(len, ids)) + len(ids), np.uint32)
-    pos = 0
-    for doc in ids:
-        out[pos : pos + len(doc)] = doc
-        out[pos + len(doc)] = tok.eot_id
-        pos += len(doc) + 1
-    return out, sum(len(t.encode()) for t in texts)
+def _encode_chunk(texts: list[str], tokenizer=None, shipped=None) -> tuple[np.ndarray, int, dict]:
+    """Token ids of the documents, each followed by EOT, as one uint32 array; its bytes; and
+    what this process did (for the report). In a worker, the tokenizer comes `shipped`."""
+    began = time.process_time()
+    if tokenizer is None:
+        if shipped[0] not in _WORKER_TOKENIZERS:
+            _WORKER_TOKENIZERS.clear()
+            _WORKER_TOKENIZERS[shipped[0]] = tokenizer_from_bytes(*shipped[1:])
+        tokenizer = _WORKER_TOKENIZERS[shipped[0]]
+    tokens, n = encode_texts(texts, tokenizer)
+    return tokens, n, worker_row("encode", 1, n, time.process_time() - began)
 
 
 def _encode_split(
-    jsonl: Path, writer: ShardWriter, tokenizer, workers: int, total_bytes: int, verbose: bool
+    jsonl: Path,
+    writer: ShardWriter,
+    tokenizer,
+    pool: WorkerPool,
+    total_bytes: int,
+    verbose: bool,
+    rows: list[dict],
 ) -> int:
     """Encode a JSONL split into shards, in order; returns the number of bytes encoded."""
     bar = tqdm(
@@ -139,10 +122,11 @@ def _encode_split(
     chunks = _chunks(_read_jsonl_texts(jsonl), ENCODE_CHUNK_BYTES)
     done = 0
     with bar:  # closed on errors too, so an error message starts on a line of its own
-        if workers > 1 and total_bytes >= IN_PROCESS_BYTES:
-            return _encode_in_pool(chunks, writer, tokenizer, workers, bar)
+        if pool.workers > 1 and total_bytes >= IN_PROCESS_BYTES:
+            return _encode_in_pool(chunks, writer, tokenizer, pool, bar, rows)
         for chunk in chunks:
-            tokens, n = _encode_chunk(chunk, tokenizer)
+            tokens, n, row = _encode_chunk(chunk, tokenizer)
+            rows.append(row)
             writer.write(tokens)
             done += n
             bar.update(n)
@@ -150,25 +134,24 @@ def _encode_split(
 
 
 def _encode_in_pool(
-    chunks: Iterator[list[str]], writer: ShardWriter, tokenizer, workers: int, bar: tqdm
+    chunks: Iterator[list[str]],
+    writer: ShardWriter,
+    tokenizer,
+    pool: WorkerPool,
+    bar: tqdm,
+    rows: list[dict],
 ) -> int:
-    """Encode chunks in worker processes, writing their tokens in order."""
-    # spawn, not fork: the parent may already run JAX's threads, which fork can deadlock.
-    ctx = multiprocessing.get_context("spawn")
-    init = (
-        type(tokenizer).filename, tokenizer.proto, getattr(tokenizer, "eot_token", ""),
-        os.getpid(),
-    )  # fmt: skip
-    done = 0
+    """Encode chunks in the build's worker processes, writing their tokens in order."""
+    shipped, done = _shipped(tokenizer), 0
     try:
-        with cf.ProcessPoolExecutor(workers, ctx, _init_worker, init) as pool:
-            pending: deque = deque()
-            for chunk in chunks:  # a bounded window of tasks keeps memory flat and order intact
-                pending.append(pool.submit(_encode_chunk, chunk))
-                if len(pending) >= 2 * workers:
-                    done += _drain_one(pending, writer, bar)
-            while pending:
-                done += _drain_one(pending, writer, bar)
+        executor = pool.get()
+        pending: deque = deque()
+        for chunk in chunks:  # a bounded window of tasks keeps memory flat and order intact
+            pending.append(executor.submit(_encode_chunk, chunk, None, shipped))
+            if len(pending) >= 2 * pool.workers:
+                done += _drain_one(pending, writer, bar, rows)
+        while pending:
+            done += _drain_one(pending, writer, bar, rows)
     except cf.process.BrokenProcessPool:
         raise ChildProcessError(
             "an encoding worker process died (killed; by the out-of-memory killer?), so the "
@@ -178,8 +161,9 @@ def _encode_in_pool(
     return done
 
 
-def _drain_one(pending: deque, writer: ShardWriter, bar: tqdm) -> int:
-    tokens, n = pending.popleft().result()
+def _drain_one(pending: deque, writer: ShardWriter, bar: tqdm, rows: list[dict]) -> int:
+    tokens, n, row = pending.popleft().result()
+    rows.append(row)
     writer.write(tokens)
     bar.update(n)
     return n
@@ -187,36 +171,61 @@ def _drain_one(pending: deque, writer: ShardWriter, bar: tqdm) -> int:
 
 @dataclasses.dataclass
 class BuildStats:
-    read: sources_lib.ReadStats
+    read: ReadStats
     clean: CleanStats
     dedup: DedupStats
     documents: dict[str, int]
     text_bytes: dict[str, int]
+    # per data.sources item: documents and bytes read, documents cleaning and dedup kept
+    sources: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    mode: str = "document"  # the split used (data.split=auto resolved)
 
 
-def _write_documents(cfg: DataConfig, tmp: Path, verbose: bool) -> tuple[BuildStats, list[str]]:
-    """Pass 1: sources → clean → dedup → split → train/val.jsonl; returns stats and a sample
-    of training lines for the tokenizer."""
-    read_stats = sources_lib.ReadStats()
-    clean_stats, dedup_stats = CleanStats(), DedupStats()
-    docs = sources_lib.iter_documents(
-        sources_lib.parse_sources(cfg.sources),
-        read_stats,
-        text_split=cfg.text_split,
-        strict=cfg.strict,
-        stdlib_max_mb=cfg.stdlib_max_mb,
-        jsonl_field=cfg.jsonl_field,
-        tfds_data_dir=cfg.tfds_data_dir,
-        tfds_text_field=cfg.tfds_text_field,
-    )
-    kept = deduplicate(clean_documents(docs, cfg.clean, clean_stats), cfg.dedup, dedup_stats)
-    counts = {"train": 0, "val": 0}
-    sizes = {"train": 0, "val": 0}
+class _Totals:
+    """Pass B's counts, added up batch by batch in corpus order."""
+
+    def __init__(self, tasks):
+        self.spec = [t.spec for t in tasks]
+        self.read, self.clean = ReadStats(), CleanStats()
+        self.sources: dict[str, dict[str, int]] = {}
+        self.cleaned = self.kept = 0
+
+    def texts(self, batches: Iterable[KeptBatch]) -> Iterator[str]:
+        """The kept documents of the batches, counting each batch as it is reached."""
+        for batch in batches:
+            merge_read_stats(self.read, batch.read)
+            self.clean.merge(batch.clean)
+            row = self.sources.setdefault(self.spec[batch.task], dict.fromkeys(_SOURCE_COUNTS, 0))
+            row["cleaned"] += batch.cleaned
+            row["kept"] += len(batch.texts)
+            self.cleaned, self.kept = self.cleaned + batch.cleaned, self.kept + len(batch.texts)
+            yield from batch.texts
+
+    def per_source(self) -> dict[str, dict[str, int]]:
+        for spec, row in self.sources.items():
+            row["read"] = self.read.docs_by_source.get(spec, 0)
+            row["bytes"] = self.read.bytes_by_source.get(spec, 0)
+        return self.sources
+
+
+_SOURCE_COUNTS = ("read", "bytes", "cleaned", "kept")
+
+
+def _write_documents(cfg: DataConfig, tmp: Path, verbose: bool, engine) -> tuple[BuildStats, list]:
+    """Pass A and dedup (by the engine), then pass B: kept documents → split → train/val.jsonl;
+    returns stats and a sample of training lines for the tokenizer."""
+    tasks = plan_tasks(cfg)
+    dropped, dedup = np.empty(0, np.int64), None
+    if cfg.dedup.exact or cfg.dedup.near:
+        dropped, dedup = engine.dedup(tasks, tmp)
+    began, totals = time.perf_counter(), _Totals(tasks)
+    counts, sizes = {"train": 0, "val": 0}, {"train": 0, "val": 0}
     sample, sample_budget = [], int(cfg.tokenizer.train_mb * 1e6)
-    bar = tqdm(desc="read", unit=" docs", disable=not verbose, dynamic_ncols=True)
+    bar = tqdm(desc="write", unit=" docs", disable=not verbose, dynamic_ncols=True)
     with contextlib.ExitStack() as stack:  # every file closed, also when one write fails
         stack.callback(bar.close)
         files = {s: stack.enter_context(staging.create(tmp / f"{s}.jsonl")) for s in counts}
+        kept = totals.texts(engine.kept(tasks, dropped))
         for split, text in split_documents(kept, cfg.val_fraction, cfg.split):
             line = json.dumps({"text": text}, ensure_ascii=False) + "\n"
             files[split].write(line.encode())
@@ -226,7 +235,11 @@ def _write_documents(cfg: DataConfig, tmp: Path, verbose: bool) -> tuple[BuildSt
                 sample.append(text)
                 sample_budget -= len(text)
             bar.update(1)
-    stats = BuildStats(read_stats, clean_stats, dedup_stats, counts, sizes)
+    engine.passes["read → clean → split → JSONL"] = time.perf_counter() - began
+    stats = BuildStats(
+        totals.read, totals.clean, _dedup_stats(dedup, totals), counts, sizes,
+        totals.per_source(), _split_mode(cfg.split, totals.kept),
+    )  # fmt: skip
     if not counts["train"] or not counts["val"]:
         raise ValueError(
             f"data.sources={cfg.sources!r} left {counts['train']} training and {counts['val']} "
@@ -234,6 +247,33 @@ def _write_documents(cfg: DataConfig, tmp: Path, verbose: bool) -> tuple[BuildSt
             + format_report(stats, None)
         )
     return stats, sample
+
+
+def _dedup_stats(dedup: DedupStats | None, totals: _Totals) -> DedupStats:
+    """The dedup's counts (all kept when it is off); fails if the two passes disagree."""
+    if dedup is None:
+        return DedupStats(totals.cleaned, 0, 0, totals.cleaned)
+    if (dedup.documents_in, dedup.documents_out) != (totals.cleaned, totals.kept):
+        raise ValueError(
+            f"data.sources changed while they were read: the first pass found "
+            f"{dedup.documents_in:,} documents, the second {totals.cleaned:,}. Rerun once the "
+            "inputs stay put"
+        )
+    return dedup
+
+
+def _split_mode(split: str, documents: int) -> str:
+    """data.split as split_documents resolves it for this many documents."""
+    if split == "auto":
+        return "document" if documents >= AUTO_SPLIT_MIN_DOCS else "tail"
+    return split
+
+
+def make_engine(cfg: DataConfig, verbose: bool):
+    """The engine data.engine names (its context closes what it started)."""
+    if cfg.engine == "ray":
+        return engine_ray.RayEngine(cfg, verbose)
+    return LocalEngine(cfg, verbose)
 
 
 def build_dataset(cfg: DataConfig, out_dir: str | AnyPath, verbose: bool = True) -> DatasetInfo:
@@ -301,20 +341,27 @@ def _is_data_dir_path(filename, out_dir: Path) -> bool:
 def _build_text(cfg: DataConfig, tmp: Path, key: str, verbose: bool) -> str:
     """A text data dir in tmp, with its metadata.json written last; returns the report."""
     started = time.time()
-    stats, sample = _write_documents(cfg, tmp, verbose)
-    timings = {"read_clean_dedup_s": time.time() - started}
-    if verbose and not cfg.tokenizer.path:
-        print(f"data: training a SentencePiece {cfg.tokenizer.model_type} tokenizer")
-    tokenizer = make_tokenizer(cfg.tokenizer, sample)
-    del sample
-    timings["tokenizer_s"] = time.time() - started - sum(timings.values())
-    staging.write_file(tmp / type(tokenizer).filename, tokenizer.proto)
-    splits = _encode_splits(cfg, tmp, stats, tokenizer, verbose)
-    timings["encode_s"] = time.time() - started - sum(timings.values())
+    watch_memory()
+    with make_engine(cfg, verbose) as engine:
+        stats, sample = _write_documents(cfg, tmp, verbose, engine)
+        if verbose and not cfg.tokenizer.path:
+            print(f"data: training a SentencePiece {cfg.tokenizer.model_type} tokenizer")
+        began = time.perf_counter()
+        tokenizer = make_tokenizer(cfg.tokenizer, sample)
+        del sample
+        engine.passes["tokenizer"] = time.perf_counter() - began
+        staging.write_file(tmp / type(tokenizer).filename, tokenizer.proto)
+        began = time.perf_counter()
+        if engine.name == "local":
+            splits = _encode_splits(cfg, tmp, stats, tokenizer, verbose, engine)
+        else:
+            splits = engine.encode(cfg, tmp, stats, tokenizer)
+        engine.passes["encode → shards"] = time.perf_counter() - began
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _HOW}
     meta = {
         "format_version": FORMAT_VERSION,
         "key": key,
-        "config": dataclasses.asdict(cfg),
+        "config": settings,
         "vocab_size": tokenizer.vocab_size,
         "eot_id": tokenizer.eot_id,
         "dtype": token_dtype(tokenizer.vocab_size).name,
@@ -324,23 +371,47 @@ def _build_text(cfg: DataConfig, tmp: Path, key: str, verbose: bool) -> str:
         "read": dataclasses.asdict(stats.read),
         "clean": dataclasses.asdict(stats.clean),
         "dedup": dataclasses.asdict(stats.dedup),
+        "sources": stats.sources,
         "seconds": round(time.time() - started, 2),
-        "timings": {k: round(v, 2) for k, v in timings.items()},
+        "timings": _timings(engine),
     }
     _write_metadata(tmp, meta)
     return format_report(stats, meta)
 
 
-def _encode_splits(cfg: DataConfig, tmp: Path, stats: BuildStats, tokenizer, verbose: bool):
-    """Pass 2: each split's JSONL → token shards; returns metadata's "splits"."""
+# How a data dir was computed, not what it holds: left out of metadata.json's config, so the
+# engines write the same bytes (their run is described under "timings").
+_HOW = ("engine", "ray_address")
+
+
+def _timings(engine) -> dict:
+    """metadata.json's "timings": the engine, wall seconds per pass, busy seconds per stage
+    (summed over processes) and what each worker process did."""
+    return {
+        "engine": engine.name,
+        "workers": engine.workers,
+        "passes": {k: round(v, 2) for k, v in engine.passes.items()},
+        "busy_s": {k: round(v, 2) for k, v in engine.work.items()},
+        "per_worker": [
+            {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
+            for row in sum_workers(engine.worker_rows)
+        ],
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_private_mb": round(private_peak_mb(), 1),
+    }
+
+
+def _encode_splits(cfg: DataConfig, tmp: Path, stats: BuildStats, tokenizer, verbose: bool, engine):
+    """Local engine: each split's JSONL → token shards; returns metadata's "splits"."""
+    rows: list[dict] = []
     dtype = token_dtype(tokenizer.vocab_size)
-    workers = cfg.workers or max(1, (os.cpu_count() or 1))
     shard_tokens = max(int(cfg.shard_mb * 1e6) // dtype.itemsize, 1)
     splits = {}
     for split in ("train", "val"):
         with ShardWriter(tmp, split, dtype, shard_tokens) as writer:
             total = stats.text_bytes[split]
-            _encode_split(tmp / f"{split}.jsonl", writer, tokenizer, workers, total, verbose)
+            jsonl = tmp / f"{split}.jsonl"
+            _encode_split(jsonl, writer, tokenizer, engine.pool, total, verbose, rows)
             shards = writer.close()
         splits[split] = {
             "documents": stats.documents[split],
@@ -348,6 +419,8 @@ def _encode_splits(cfg: DataConfig, tmp: Path, stats: BuildStats, tokenizer, ver
             "tokens": sum(s["tokens"] for s in shards),
             "shards": shards,
         }
+    engine.worker_rows += rows
+    engine.work["encode"] = sum(row["seconds"] for row in rows)
     return splits
 
 
@@ -426,28 +499,28 @@ def _build_in_bucket(
 
 
 def format_report(stats: BuildStats, meta: dict | None) -> str:
-    """What happened, for people: documents in, drops by reason, duplicates, tokens out."""
+    """What happened, for people: documents in, drops by reason, duplicates, tokens out. Lines
+    that differ from run to run (times, processes) all start with "time"."""
     r, c, d = stats.read, stats.clean, stats.dedup
     lines = ["── data report " + "─" * 46]
     lines.append(
         f"read         {r.documents:,} documents, {r.bytes / 1e6:,.1f} MB from {r.files:,} files"
     )
-    if len(r.docs_by_source) > 1:
-        for spec, n in r.docs_by_source.items():
-            lines.append(f"  {n:>10,} documents from {spec}")
     for name, value in dataclasses.asdict(r).items():
         skip = ("documents", "bytes", "files", "input_bytes", "docs_by_source", "bytes_by_source")
-        if name in skip or name == "problems" or not value:
+        if name in skip or name in ("problems", "mixture") or not value:
             continue
         lines.append(f"  {name.replace('_', ' ')}: {value}")
     for problem in r.problems:
         lines.append(f"  ! {problem}")
+    lines += sources_lib.mixture_report(r)
     dropped = ", ".join(f"{k} {v:,}" for k, v in sorted(c.dropped.items()) if v) or "none"
     lines.append(f"clean        kept {c.documents_out:,} of {c.documents_in:,}; dropped: {dropped}")
     lines.append(
         f"dedup        {d.exact_duplicates:,} exact and {d.near_duplicates:,} near duplicates "
         f"removed; {d.documents_out:,} documents left"
     )
+    lines += _source_lines(stats.sources)
     for split in ("train", "val"):
         mb = stats.text_bytes[split] / 1e6
         line = f"{split:<12} {stats.documents[split]:,} documents, {mb:,.2f} MB"
@@ -462,10 +535,42 @@ def format_report(stats: BuildStats, meta: dict | None) -> str:
             f"tokenizer    {meta['tokenizer_file']}, vocab {meta['vocab_size']:,}, "
             f"ids stored as {meta['dtype']}"
         )
-        t = meta["timings"]
-        lines.append(
-            f"time         {meta['seconds']:.1f}s: read+clean+dedup "
-            f"{t['read_clean_dedup_s']:.1f}s, tokenizer {t['tokenizer_s']:.1f}s, "
-            f"encode {t['encode_s']:.1f}s"
-        )
+        lines += _time_lines(meta, stats.read.bytes)
     return "\n".join(lines)
+
+
+def _source_lines(sources: dict[str, dict[str, int]]) -> list[str]:
+    """Per data.sources item: documents read → left by cleaning → left by dedup."""
+    if not sources:
+        return []
+    lines = ["sources      documents read → after cleaning → after dedup"]
+    for spec, n in sources.items():
+        lines.append(
+            f"  {spec}: {n['read']:,} ({n['bytes'] / 1e6:,.1f} MB) → {n['cleaned']:,} → "
+            f"{n['kept']:,}"
+        )
+    return lines
+
+
+def _time_lines(meta: dict, text_bytes: int) -> list[str]:
+    t, mb = meta["timings"], text_bytes / 1e6
+    lines = [
+        f"time         {meta['seconds']:.1f}s on the {t['engine']} engine with {t['workers']} "
+        f"worker(s); this process peaked at {t['peak_rss_mb']:,.0f} MB "
+        f"({t['peak_private_mb']:,.0f} MB private)"
+    ]
+    for name, seconds in t["passes"].items():
+        moves_data = name not in ("tokenizer", "start Ray", "connect to Ray")
+        rate = f"{mb / seconds:8.1f} MB/s" if seconds > 0 and moves_data else ""
+        lines.append(f"time  {name:<32} {seconds:7.1f}s {rate}")
+    busy = ", ".join(f"{k} {v:.1f}s" for k, v in t["busy_s"].items())
+    if busy:
+        lines.append(f"time  busy, summed over processes: {busy}")
+    for w in t["per_worker"]:
+        where = f"node {w['node'][:12]} " if w["node"] else ""
+        lines.append(
+            f"time  {where}pid {w['pid']}: {w['stage']} {w['batches']:,} batch(es), "
+            f"{w['bytes'] / 1e6:,.1f} MB, {w['seconds']:.1f}s busy, peak RSS "
+            f"{w['peak_rss_mb']:,.0f} MB ({w['peak_private_mb']:,.0f} MB private)"
+        )
+    return lines

@@ -151,7 +151,16 @@ def clean_documents(docs: Iterable[str], cfg: CleanConfig, stats: CleanStats) ->
       cfg: cleaning settings.
       stats: updated in place as documents stream through (read it after the iterator ends).
     """
-    for doc in docs:
+    for _, text in clean_indexed(docs, cfg, stats):
+        yield text
+
+
+def clean_indexed(
+    docs: Iterable[str], cfg: CleanConfig, stats: CleanStats
+) -> Iterator[tuple[int, str]]:
+    """clean_documents, yielding (position in docs, cleaned text): a kept document keeps the
+    place it was read at, which is what identifies it across the passes of a build."""
+    for i, doc in enumerate(docs):
         stats.documents_in += 1
         stats.chars_in += len(doc)
         text = _clean(doc, cfg, stats)
@@ -163,4 +172,4 @@ def clean_documents(docs: Iterable[str], cfg: CleanConfig, stats: CleanStats) ->
             continue
         stats.documents_out += 1
         stats.chars_out += len(text)
-        yield text
+        yield i, text
