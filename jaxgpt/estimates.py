@@ -148,12 +148,15 @@ def activation_bytes(
 ) -> Activations:
     """Analytic per-device activation bytes of one microbatch of `seqs` sequences.
 
-    With b = seqs, a = bytes of model.dtype, F = 4D, P = b·H·T² attention probabilities, and
-    t_h, t_f, t_v the tensor splits of act_heads, act_mlp and act_vocab, each layer keeps:
+    With b = seqs, a = bytes of model.dtype, F = model.mlp_dim (4D for GPT-2), P = b·H·T²
+    attention probabilities, and t_h, t_f, t_v the tensor splits of act_heads, act_mlp and
+    act_vocab, each layer keeps (the q, k, v terms are (H + 2K)/H · b·T·D with K key/value heads
+    instead of 3·b·T·D, and SwiGLU's first matmul output is 2·b·T·F, its gate and up):
       none: b·T·D·a·(4 + 4/t_h) + 2·b·T·F·a/t_f + P·(4 + a')/t_h      (unrolled layers)
             block input, ln_1 out, residual, ln_2 out; q, k, v and attention output; GELU
-            input and output; float32 softmax output plus its model.dtype cast (a' = a if
-            a < 4 else 0). XLA fuses the rest of the elementwise work away.
+            input and output (SwiGLU: gate, up, silu(gate) and their product); float32
+            softmax output plus its model.dtype cast (a' = a if a < 4 else 0). XLA fuses the
+            rest of the elementwise work away.
       none, scan_layers: b·T·D·(3a + 24) + 4·b·T·D·a/t_h + 6·b·T·F·a/t_f + P·(9 + a)/t_h
             the loop must store every residual autodiff names, fused or not: LayerNorm's
             float32 intermediates, GELU's five, the causal mask and scores before softmax.
@@ -201,7 +204,18 @@ class _Terms:
 
     @property
     def btf(self) -> int:
-        return self.seqs * self.model.block_size * 4 * self.model.n_embd
+        return self.seqs * self.model.block_size * self.model.mlp_dim
+
+    @property
+    def qkv(self) -> int:
+        """q, k and v of a layer: (H + 2K)·Q per position, 3·D without grouped-query attention."""
+        c = self.model
+        return self.btd * (c.n_head + 2 * c.kv_heads) // c.n_head
+
+    @property
+    def fc(self) -> int:
+        """The MLP's first matmul output: gate and up (2F) for SwiGLU, else F."""
+        return self.btf * (2 if self.model.mlp == "swiglu" else 1)
 
     @property
     def masks(self) -> int:
@@ -220,7 +234,10 @@ class _Terms:
 def _unrolled_layer(t: _Terms) -> int:
     """What an unrolled layer keeps without remat: also the working set of any layer."""
     btd, btf, a = t.btd, t.btf, t.a
-    return btd * a * 4 + btd * a * 4 // t.t_h + 2 * btf * a // t.t_f + t.probs(4 + t.cast) + t.masks
+    attention = (t.qkv + btd) * a // t.t_h
+    # GELU: its input and output; SwiGLU: gate and up, silu(gate) and the product.
+    mlp = (t.fc + btf * (2 if t.model.mlp == "swiglu" else 1)) * a // t.t_f
+    return btd * a * 4 + attention + mlp + t.probs(4 + t.cast) + t.masks
 
 
 def _saved_per_layer(t: _Terms) -> int:
@@ -229,7 +246,7 @@ def _saved_per_layer(t: _Terms) -> int:
     if c.remat == "none" and c.scan_layers:
         return (
             btd * (3 * a + 24)
-            + 4 * btd * a // t.t_h
+            + (t.qkv + btd) * a // t.t_h
             + 6 * btf * a // t.t_f
             + t.probs(9 + a)
             + t.masks
@@ -237,13 +254,13 @@ def _saved_per_layer(t: _Terms) -> int:
     if c.remat == "none":
         return _unrolled_layer(t)
     if c.remat == "dots":
-        return btd * a * 3 + btd * a * 3 // t.t_h + btf * a // t.t_f
+        return btd * a * 3 + t.qkv * a // t.t_h + t.fc * a // t.t_f
     if c.remat == "names":
         named = {
-            "qkv": 3 * btd * a // t.t_h,
+            "qkv": t.qkv * a // t.t_h,
             "attn_out": btd * a // t.t_h,
             "attn_proj": btd * a,
-            "mlp_fc": btf * a // t.t_f,
+            "mlp_fc": t.fc * a // t.t_f,
             "mlp_gelu": btf * a // t.t_f,
             "mlp_proj": btd * a,
         }

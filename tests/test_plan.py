@@ -106,6 +106,34 @@ CASES = {
         "mesh.data": 8,
     },
 }
+# Llama-style blocks: SwiGLU (gate and up kept: 2F wide), grouped-query attention (K < H), RMSNorm.
+LLAMA = {
+    "model.position": "rope",
+    "model.norm": "rmsnorm",
+    "model.mlp": "swiglu",
+    "model.n_kv_head": 1,
+    "model.bias": False,
+    "model.tie_embeddings": False,
+}
+CASES |= {
+    "llama-4L-w128-data8-none": {**LLAMA, "train.batch_size": 32, "mesh.data": 8},
+    "llama-4L-w128-data8-names-scan": {
+        **LLAMA,
+        "model.remat": "names",
+        "model.scan_layers": True,
+        "train.batch_size": 32,
+        "mesh.data": 8,
+    },
+    "llama-2L-w128-fsdp4xtp2-none-scan": {
+        **LLAMA,
+        "model.n_layer": 2,
+        "model.n_kv_head": 2,
+        "model.scan_layers": True,
+        "mesh.data": 1,
+        "mesh.fsdp": 4,
+        "mesh.tensor": 2,
+    },
+}
 
 
 @pytest.mark.parametrize("overrides", CASES.values(), ids=CASES.keys())
