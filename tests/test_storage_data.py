@@ -224,6 +224,39 @@ def test_text_and_jsonl_sources_from_a_bucket(bucket, tmp_path):
     assert "other inputs" in stale_reason(from_bucket.path, remote_cfg)
 
 
+def test_parquet_and_saved_hf_dataset_sources_from_a_bucket(bucket, tmp_path):
+    """parquet: and hf: (a save_to_disk folder) read from a bucket give what the same files give
+    from local disk."""
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    datasets = pytest.importorskip("datasets")
+    url, _ = bucket
+    fs, key = storage.filesystem(url)
+    rng = np.random.default_rng(0)
+    vocabulary = [f"w{i}" for i in range(500)]
+    texts = [f"row {i} " + " ".join(rng.choice(vocabulary, 40)) for i in range(300)]
+    local = tmp_path / "local"
+    local.mkdir()
+    pq.write_table(pa.table({"body": texts[:150], "n": list(range(150))}), local / "a.parquet")
+    saved = local / "saved"
+    datasets.Dataset.from_dict({"content": texts[150:]}).save_to_disk(str(saved))
+    fs.put_file(str(local / "a.parquet"), f"{key}/pq/a.parquet")
+    for file in sorted(saved.iterdir()):
+        fs.put_file(str(file), f"{key}/saved/{file.name}")
+    columns = {"data.parquet_column": "body", "data.hf_field": "content"}
+    remote_cfg = data_config(
+        "x", **{"data.sources": f"parquet:{url}/pq/*.parquet,hf:{url}/saved", **columns}
+    )
+    local_cfg = data_config(
+        "x", **{"data.sources": f"parquet:{local}/a.parquet,hf:{saved}", **columns}
+    )
+    from_bucket = prepare_dataset(remote_cfg, tmp_path / "from-bucket", verbose=False)
+    from_disk = prepare_dataset(local_cfg, tmp_path / "from-disk", verbose=False)
+    assert from_bucket.documents == from_disk.documents
+    assert sum(from_disk.documents.values()) == 300  # nothing lost, nothing a duplicate
+    for name in ("train.jsonl", "val.jsonl", "train-00000.bin", "tokenizer.model"):
+        assert (from_bucket.path / name).read_bytes() == (from_disk.path / name).read_bytes()
+
+
 def test_a_tokenizer_and_the_data_dir_in_buckets(bucket, small_corpus, tmp_path):
     url, _ = bucket
     cfg = data_config(small_corpus)
