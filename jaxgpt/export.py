@@ -3,10 +3,11 @@
 `python -m jaxgpt.export --workdir runs/tiny --out runs/tiny/hf` writes a folder that
 `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` load
 offline: config.json, model.safetensors, generation_config.json, tokenizer.json and
-tokenizer_config.json. With `--format onnx` the folder holds model.onnx (input_ids → logits,
-dynamic batch and sequence), config.json and the same tokenizer files; that path needs the
-[onnx] extra. The work is done by jaxgpt.interop (hf_export, onnx); this file only parses flags
-and prints.
+tokenizer_config.json. With `--format onnx` the folder holds model.onnx (input_ids,
+attention_mask, position_ids and past key/values → logits and present key/values: a KV cache in
+the layout Optimum expects), config.json and the same tokenizer files; that path needs the
+[onnx] extra, and `python -m jaxgpt.generate --onnx FOLDER` samples from it. The work is
+done by jaxgpt.interop (hf_export, onnx); this file only parses flags and prints.
 """
 
 from __future__ import annotations

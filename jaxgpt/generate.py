@@ -1,5 +1,8 @@
 """Sample text from a trained run: `python -m jaxgpt.generate --workdir DIR --prompt "..."`.
 
+With `--onnx DIR` instead of --workdir, the text comes from an ONNX export folder
+(`jaxgpt.export --format onnx`) under onnxruntime with its KV cache; that needs the [onnx] extra.
+
 Prompts come from --prompt (repeatable), --prompt_file (one prompt per line; "-" = stdin), or
 stdin when neither is given. All prompts are decoded together in one batch with a KV cache.
 --max_tokens may go past the model's context (a sliding window, see jaxgpt.decode); a prompt may
@@ -17,13 +20,16 @@ import jax
 from jaxgpt import config as config_lib
 from jaxgpt import host_memory
 from jaxgpt.decode.generate import generate_batch
+from jaxgpt.interop.onnx_generate import onnx_texts  # onnxruntime loads only when it runs
 from jaxgpt.storage import StorageError
 from jaxgpt.workdir import load_run
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = config_lib.make_parser("generate", __doc__)
-    p.add_argument("--workdir", required=True, help="a training run's directory")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", help="a training run's directory")
+    source.add_argument("--onnx", help="an ONNX export folder (jaxgpt.export --format onnx)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompt_file", help="one prompt per line; - for stdin")
     p.add_argument(
@@ -86,10 +92,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.max_tokens < 1 or args.num_samples < 1:
         sys.exit("error: --max_tokens and --num_samples must be at least 1")
     try:
-        run = load_run(args.workdir, args.step)
-        prompts = read_prompts(args)
-        texts = sample_texts(run, prompts, args)
-    except (ValueError, FileNotFoundError, StorageError) as e:
+        if args.onnx:
+            prompts = read_prompts(args)
+            settings = (args.num_samples, args.seed, args.temperature, args.top_k, args.top_p)
+            texts = onnx_texts(args.onnx, prompts, args.max_tokens, *settings)
+        else:
+            run = load_run(args.workdir, args.step)
+            prompts = read_prompts(args)
+            texts = sample_texts(run, prompts, args)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError, StorageError) as e:
         sys.exit(f"error: {e}")
     for i, text in enumerate(texts):
         prompt = prompts[i // args.num_samples]

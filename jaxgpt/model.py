@@ -17,6 +17,8 @@ tie_embeddings, qk_norm, bias) add or drop leaves, never rename the GPT-2 ones:
     n_kv_head=K < H   attn/q_proj (D, H, Q) and attn/kv_proj (D, 2, K, Q) instead of c_attn
     qk_norm           attn/q_norm, attn/k_norm: RMSNorm over each head's Q (Qwen3's placement)
     tie_embeddings=False   lm_head/kernel (D, V)
+    doc_mask          no new leaves: attention stays inside each document of a packed row, and
+                      positions (rope or learned) count from the document's start (doc_starts)
 """
 
 from __future__ import annotations
@@ -99,23 +101,52 @@ def apply_rope(x_BTHQ: jax.Array, pos_BT: jax.Array, theta: float) -> jax.Array:
     return (x * jnp.cos(angles_BT1Q) + rotated * jnp.sin(angles_BT1Q)).astype(x_BTHQ.dtype)
 
 
-def einsum_attention(q_BTHQ: jax.Array, k_BSKQ: jax.Array, v_BSKQ: jax.Array) -> jax.Array:
+def doc_starts(
+    tokens_BT: jax.Array, eot_id: int, pos_BT: jax.Array, before_B: jax.Array | None = None
+) -> jax.Array:
+    """Where each token's document starts [B, T]: the position (from pos_BT) of the last
+    end-of-text token at or before it, else before_B (a cached row's current start; None: 0).
+
+    An end-of-text token opens the next document: data/build.py appends one after every
+    document, and prompts and samples start with one. So row [5, 6, E, 7, 8, E, 3] has starts
+    [0, 0, 2, 2, 2, 5, 5] and positions within its documents [0, 1, 0, 1, 2, 0, 1].
+    """
+    before = 0 if before_B is None else before_B[:, None]
+    return jax.lax.cummax(jnp.where(tokens_BT == eot_id, pos_BT, before), axis=1)
+
+
+def visible_mask(T: int, S: int, start_BT: jax.Array | None) -> jax.Array:
+    """Keys each of the last T of S positions may attend to: causal [T, S]; with document starts
+    [B, T, S], also only keys at or after the query's document start."""
+    causal_TS = jnp.tril(jnp.ones((T, S), dtype=bool), k=S - T)
+    if start_BT is None:
+        return causal_TS
+    return causal_TS & (jnp.arange(S)[None, None, :] >= start_BT[:, :, None])
+
+
+def einsum_attention(
+    q_BTHQ: jax.Array, k_BSKQ: jax.Array, v_BSKQ: jax.Array, start_BT: jax.Array | None = None
+) -> jax.Array:
     """Causal softmax attention written out; XLA's CPU backend runs it faster than the library
-    path (whose per-group vmap leaves strided reductions in the backward pass)."""
+    path (whose per-group vmap leaves strided reductions in the backward pass). start_BT: each
+    query's document start (doc_mask), None for plain causal attention."""
     if k_BSKQ.shape[2] != q_BTHQ.shape[2]:
-        return grouped_einsum_attention(q_BTHQ, k_BSKQ, v_BSKQ)
+        return grouped_einsum_attention(q_BTHQ, k_BSKQ, v_BSKQ, start_BT)
     k_BSHQ, v_BSHQ = k_BSKQ, v_BSKQ
     T, S, Q = q_BTHQ.shape[1], k_BSHQ.shape[1], q_BTHQ.shape[-1]
     scores_BHTS = jnp.einsum(
         "bthq,bshq->bhts", q_BTHQ, k_BSHQ, preferred_element_type=jnp.float32
     ) * (1.0 / Q**0.5)
-    causal_TS = jnp.tril(jnp.ones((T, S), dtype=bool), k=S - T)
-    scores_BHTS = jnp.where(causal_TS, scores_BHTS, jnp.finfo(jnp.float32).min)
+    visible = visible_mask(T, S, start_BT)  # [T, S], or [B, T, S]: add the head axis
+    visible = visible if start_BT is None else visible[:, None]
+    scores_BHTS = jnp.where(visible, scores_BHTS, jnp.finfo(jnp.float32).min)
     probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1).astype(v_BSHQ.dtype)
     return jnp.einsum("bhts,bshq->bthq", probs_BHTS, v_BSHQ)
 
 
-def grouped_einsum_attention(q_BTHQ: jax.Array, k_BSKQ: jax.Array, v_BSKQ: jax.Array) -> jax.Array:
+def grouped_einsum_attention(
+    q_BTHQ: jax.Array, k_BSKQ: jax.Array, v_BSKQ: jax.Array, start_BT: jax.Array | None = None
+) -> jax.Array:
     """einsum_attention with K < H key/value heads: query head h = k·G + g reads kv head k (the
     grouping of HF's repeat_kv and of jax.nn.dot_product_attention), without repeating k, v."""
     B, T, H, Q = q_BTHQ.shape
@@ -124,8 +155,9 @@ def grouped_einsum_attention(q_BTHQ: jax.Array, k_BSKQ: jax.Array, v_BSKQ: jax.A
     scores_BKGTS = jnp.einsum(
         "btkgq,bskq->bkgts", q_BTKGQ, k_BSKQ, preferred_element_type=jnp.float32
     ) * (1.0 / Q**0.5)
-    causal_TS = jnp.tril(jnp.ones((T, S), dtype=bool), k=S - T)
-    scores_BKGTS = jnp.where(causal_TS, scores_BKGTS, jnp.finfo(jnp.float32).min)
+    visible = visible_mask(T, S, start_BT)  # [T, S], or [B, T, S]: add the K and G axes
+    visible = visible if start_BT is None else visible[:, None, None]
+    scores_BKGTS = jnp.where(visible, scores_BKGTS, jnp.finfo(jnp.float32).min)
     probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(v_BSKQ.dtype)
     return jnp.einsum("bkgts,bskq->btkgq", probs_BKGTS, v_BSKQ).reshape(B, T, H, Q)
 
@@ -145,10 +177,16 @@ def _check_cudnn(dtype: Any) -> None:
         )
 
 
-def attention(q_BTHQ: jax.Array, k_BSKQ: jax.Array, v_BSKQ: jax.Array, impl: str) -> jax.Array:
-    """Causal attention (K <= H key/value heads). "auto": the written-out form on CPU; cuDNN
-    flash attention on GPU for 16-bit inputs (jax's implementation=None does not pick it by
-    itself); XLA elsewhere."""
+def attention(
+    q_BTHQ: jax.Array,
+    k_BSKQ: jax.Array,
+    v_BSKQ: jax.Array,
+    impl: str,
+    start_BT: jax.Array | None = None,
+) -> jax.Array:
+    """Causal attention (K <= H key/value heads), within documents when start_BT (each query's
+    document start) is given. "auto": the written-out form on CPU; cuDNN flash attention on GPU
+    for 16-bit inputs (jax's implementation=None does not pick it by itself); XLA elsewhere."""
     if impl == "cudnn":
         _check_cudnn(q_BTHQ.dtype)
     if impl == "auto":
@@ -160,8 +198,15 @@ def attention(q_BTHQ: jax.Array, k_BSKQ: jax.Array, v_BSKQ: jax.Array, impl: str
         else:
             impl = None
     if impl == "einsum":
-        return einsum_attention(q_BTHQ, k_BSKQ, v_BSKQ)
-    return jax.nn.dot_product_attention(q_BTHQ, k_BSKQ, v_BSKQ, is_causal=True, implementation=impl)
+        return einsum_attention(q_BTHQ, k_BSKQ, v_BSKQ, start_BT)
+    # Documents: a boolean mask [B, 1, T, S] on top of is_causal (jax hands it to cuDNN as an
+    # additive bias, next to the causal mask type).
+    mask = None
+    if start_BT is not None:
+        mask = visible_mask(q_BTHQ.shape[1], k_BSKQ.shape[1], start_BT)[:, None]
+    return jax.nn.dot_product_attention(
+        q_BTHQ, k_BSKQ, v_BSKQ, mask=mask, is_causal=True, implementation=impl
+    )
 
 
 class Projection(nn.Module):
@@ -238,16 +283,18 @@ class CausalSelfAttention(nn.Module):
         deterministic: bool,
         cache: KVCache | None = None,
         pos_BT: jax.Array | None = None,
+        start_BT: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """pos_BT: each token's position id, which the rotary embedding reads (None for
-        learned positions: they were added to the input)."""
+        learned positions: they were added to the input). start_BT: where each token's document
+        starts (doc_mask; positions in the row or the cache), None for plain causal attention."""
         c = self.config
         q_BTHQ, k_BTKQ, v_BTKQ = project_qkv(c, x_BTD, pos_BT)
         q_BTHQ = _constrain(q_BTHQ, ("batch", "act_seq", "act_heads", None))
         if cache is None:
-            y_BTHQ = attention(q_BTHQ, k_BTKQ, v_BTKQ, c.attention)
+            y_BTHQ = attention(q_BTHQ, k_BTKQ, v_BTKQ, c.attention, start_BT)
         else:  # keys are cached rotated: a decode step rotates only its new ones
-            y_BTHQ, cache = cache.attend(q_BTHQ, k_BTKQ, v_BTKQ)
+            y_BTHQ, cache = cache.attend(q_BTHQ, k_BTKQ, v_BTKQ, start_BT)
         y_BTHQ = checkpoint_name(y_BTHQ, "attn_out")
         # GPT-2 scales residual projections by 1/sqrt(2L) so the residual stream's variance
         # does not grow with depth.
@@ -312,10 +359,11 @@ class Block(nn.Module):
         deterministic: bool,
         cache: KVCache | None = None,
         pos_BT: jax.Array | None = None,
+        start_BT: jax.Array | None = None,
     ) -> jax.Array | tuple[jax.Array, KVCache]:
         c = self.config
         y_BTD, new_cache = CausalSelfAttention(c, name="attn")(
-            layer_norm(c, "ln_1")(x_BTD), deterministic, cache, pos_BT
+            layer_norm(c, "ln_1")(x_BTD), deterministic, cache, pos_BT, start_BT
         )
         x_BTD = x_BTD + y_BTD
         x_BTD = x_BTD + MLP(c, name="mlp")(layer_norm(c, "ln_2")(x_BTD), deterministic)
@@ -330,9 +378,14 @@ class ScannedBlock(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BTD: jax.Array, deterministic: bool, pos_BT: jax.Array | None = None
+        self,
+        x_BTD: jax.Array,
+        deterministic: bool,
+        pos_BT: jax.Array | None = None,
+        start_BT: jax.Array | None = None,
     ) -> tuple[jax.Array, None]:
-        return Block(self.config, name="block")(x_BTD, deterministic, None, pos_BT), None
+        block = Block(self.config, name="block")
+        return block(x_BTD, deterministic, None, pos_BT, start_BT), None
 
 
 def remat_policy(config: GPTConfig) -> Callable | None:
@@ -389,7 +442,7 @@ class GPT(nn.Module):
                 block_cls,
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast, nn.broadcast),
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                 length=c.n_layer,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(c, name="h")
@@ -437,15 +490,7 @@ class GPT(nn.Module):
     ) -> tuple[jax.Array, list[KVCache]]:
         """Embeddings and every block: the residual stream [B, T, D] before ln_f."""
         c = self.config
-        T = tokens_BT.shape[1]
-        if c.block_size < T:
-            raise ValueError(f"sequence length {T} exceeds model.block_size {c.block_size}")
-        if caches is None:
-            pos_BT = jnp.arange(T)[None, :]
-        else:
-            if c.scan_layers:
-                raise ValueError("decode the unrolled model: see decode.generate.unscan_params")
-            pos_BT = caches[0].positions(T)  # every layer's cache holds the same rows
+        pos_BT, start_BT = self._positions(tokens_BT, caches)
         x_BTD = self.wte(tokens_BT)
         if c.position == "learned":
             x_BTD = x_BTD + self.wpe(pos_BT)
@@ -456,15 +501,43 @@ class GPT(nn.Module):
         )
         new_caches = []
         if c.scan_layers:
-            x_BTD, _ = self.h(x_BTD, deterministic, pos_BT)
+            x_BTD, _ = self.h(x_BTD, deterministic, pos_BT, start_BT)
         elif caches is None:
             for block in self.blocks:
-                x_BTD = block(x_BTD, deterministic, None, pos_BT)
+                x_BTD = block(x_BTD, deterministic, None, pos_BT, start_BT)
         else:
             for block, cache in zip(self.blocks, caches, strict=True):
-                x_BTD, cache = block(x_BTD, deterministic, cache, pos_BT)
+                x_BTD, cache = block(x_BTD, deterministic, cache, pos_BT, start_BT)
                 new_caches.append(cache)
         return x_BTD, new_caches
+
+    def _positions(
+        self, tokens_BT: jax.Array, caches: list[KVCache] | None
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """Each token's position id [B or 1, T] and, under doc_mask, where its document starts
+        [B, T] (None otherwise). Positions count from the row's start, or under doc_mask from
+        the document's; cached rows go on from their length (and their current document)."""
+        c = self.config
+        T = tokens_BT.shape[1]
+        if c.block_size < T:
+            raise ValueError(f"sequence length {T} exceeds model.block_size {c.block_size}")
+        if caches is None:
+            pos_BT, before_B = jnp.arange(T)[None, :], None
+        else:
+            if c.scan_layers:
+                raise ValueError("decode the unrolled model: see decode.generate.unscan_params")
+            pos_BT = caches[0].positions(T)  # every layer's cache holds the same rows
+            before_B = caches[0].doc_start() if c.doc_mask else None
+        if not c.doc_mask:
+            return pos_BT, None
+        if c.eot_id < 0:
+            raise ValueError(
+                "model.doc_mask=True finds documents at end-of-text tokens, but model.eot_id is "
+                "-1 (not resolved from a tokenizer): build the config with "
+                "config.model_config(model, vocab_size, tokenizer_eot), or set model.eot_id"
+            )
+        start_BT = doc_starts(tokens_BT, c.eot_id, pos_BT, before_B)
+        return pos_BT - start_BT, start_BT
 
 
 def output_table(params: Any) -> jax.Array:

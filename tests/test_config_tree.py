@@ -42,7 +42,7 @@ NEWER_CLEAN = (
 # The architecture switches (issue 18): a run from before them is a GPT-2.
 NEWER_MODEL = (
     "position", "rope_theta", "norm", "norm_eps", "mlp", "mlp_hidden", "n_kv_head",
-    "tie_embeddings", "qk_norm",
+    "tie_embeddings", "qk_norm", "doc_mask", "eot_id",
 )  # fmt: skip
 NEWER_KEYS = (
     "train.epochs",
@@ -53,8 +53,11 @@ NEWER_KEYS = (
     "data.ray_address",
     *(f"train.{k}" for k in ("eval_tasks", "eval_tasks_path", "eval_tasks_limit")),
     *(f"data.{k}" for k in ("parquet_column", "hf_split", "hf_field")),
+    "data.wiki_parser",
+    "data.detect_encoding",
     *(f"opt.{k}" for k in ("muon_lr", "muon_momentum", "muon_ns_steps", "muon_weight_decay")),
     *(f"model.{k}" for k in NEWER_MODEL),
+    "data.quality",  # the quality filters (issue 16): a whole group, all off
 )
 OLD_STYLE = "from configs import base\n\n\ndef get_config():\n    return base.get_config()\n"
 

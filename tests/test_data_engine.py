@@ -447,3 +447,292 @@ def test_ray_bad_input_fails_as_the_local_engine_does(ray_cluster, ray_env, tmp_
         messages.append(str(failed.value))
     assert messages[0] == messages[1] and f"{bad}:2: invalid JSON" in messages[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+
+
+# ---------------------------------------------------------------- a multistream wiki dump
+
+
+@pytest.fixture(scope="module")
+def multistream_dump(tmp_path_factory) -> Path:
+    """A pages-articles-multistream dump (20 pages per bz2 stream) and its index."""
+    from wiki_fixtures import generate_pages, multistream
+
+    folder = tmp_path_factory.mktemp("wiki")
+    dump, index = multistream(generate_pages(400, seed=7), per=20)
+    (folder / "enwiki-pages-articles-multistream-index.txt.bz2").write_bytes(index)
+    path = folder / "enwiki-pages-articles-multistream.xml.bz2"
+    path.write_bytes(dump)
+    return path
+
+
+@pytest.fixture(scope="module")
+def wiki_whole_build(multistream_dump, tmp_path_factory) -> Path:
+    """The dump read whole: one read task, in this process."""
+    cfg = config(f"wiki:{multistream_dump}")
+    assert len(stages.plan_tasks(cfg)) == 1
+    return build_dataset(cfg, tmp_path_factory.mktemp("whole") / "data", verbose=False).path
+
+
+def split_dump(monkeypatch, path: Path) -> None:
+    """Parts of about a quarter of the file: several read tasks for one dump."""
+    from jaxgpt.data import wiki
+
+    monkeypatch.setattr(wiki, "PART_BYTES", path.stat().st_size // 4)
+
+
+def test_multistream_parts_give_the_same_bytes(multistream_dump, wiki_whole_build, tmp_path,
+                                               monkeypatch):  # fmt: skip
+    """The dump split into parts (read tasks of whole bz2 streams) with a pool of 2 workers
+    writes the data dir of the dump read whole in one process, byte for byte."""
+    split_dump(monkeypatch, multistream_dump)
+    monkeypatch.setattr(engine_local, "POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(stages, "BATCH_BYTES", 50_000)
+    cfg = config(f"wiki:{multistream_dump}", workers=2)
+    assert len(stages.plan_tasks(cfg)) >= 3
+    info = build_dataset(cfg, tmp_path / "data", verbose=False)
+    assert_same_data_dir(wiki_whole_build, info.path)
+    meta = json.loads((info.path / "metadata.json").read_text())
+    assert meta["splits"]["train"]["tokens"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_ray_reads_multistream_parts_as_the_local_engine(
+    ray_cluster, ray_env, multistream_dump, wiki_whole_build, tmp_path, monkeypatch
+):
+    """Ray Data reads the parts (planned on the driver, read on both nodes): the same bytes."""
+    split_dump(monkeypatch, multistream_dump)
+    cfg = config(f"wiki:{multistream_dump}", engine="ray", ray_address=ray_cluster["address"])
+    assert len(stages.plan_tasks(cfg)) >= 3
+    info = build_dataset(cfg, tmp_path / "data", verbose=False)
+    assert_same_data_dir(wiki_whole_build, info.path)
+
+
+# ---------------------------------------------------------------- web text and quality filters
+
+
+def web_corpus(root: Path, files: int = 3, pages: int = 40, seed: int = 2) -> str:
+    """WARC files of English pages (some spam, some Russian, some boilerplate-only) and a
+    JSONL file whose documents the quality filters all drop: the sources spec."""
+    from web_fixtures import ENGLISH, RUSSIAN, page, write_warc
+
+    rng = random.Random(seed)
+    words = sorted(set(SHAKESPEARE.read_text().split()))
+    specs = []
+    for f in range(files):
+        chosen = {}
+        for i in range(pages):
+            kind = rng.choice(["prose"] * 6 + ["spam", "russian"])
+            if kind == "prose":
+                lines = [" ".join(rng.choice(words) for _ in range(12)).capitalize() + "."
+                         for _ in range(rng.randint(5, 9))] + ENGLISH  # fmt: skip
+            else:
+                spam = [" ".join(["Buy the best watches and the cheapest rings today."] * 12)]
+                lines = spam if kind == "spam" else RUSSIAN
+            body = page(f"Page {f}-{i}", lines).encode()
+            uri = f"https://example.com/{f}/{i}"
+            chosen[i] = (uri, "200 OK", "text/html; charset=utf-8", body, [], lines)
+        specs.append(f"warc:{write_warc(root / f'crawl-{f}.warc.gz', chosen, revisit=f == 0)}")
+    spam = root / "spam.jsonl"
+    spam.write_text("".join(json.dumps({"text": "Click here! " * 30}) + "\n" for _ in range(5)))
+    return ",".join([*specs, f"jsonl:{spam}"])
+
+
+WEB_QUALITY = dict(gopher_repetition=True, gopher_quality=True, c4=True, fineweb=True,
+                   language=True)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def web_sources(tmp_path_factory) -> str:
+    return web_corpus(tmp_path_factory.mktemp("web"))  # needs jaxgpt[web] (in jaxgpt[test])
+
+
+def web_config(sources: str, **overrides) -> DataConfig:
+    from jaxgpt.config.data import QualityConfig
+
+    return config(sources, tokenizer=TokenizerConfig("char", 0, train_mb=0.3),
+                  quality=QualityConfig(**WEB_QUALITY), **overrides)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def web_build(web_sources, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("web-local") / "data"
+    return build_dataset(web_config(web_sources), out, verbose=False).path
+
+
+def test_web_quality_pool_gives_the_same_bytes(web_sources, web_build, tmp_path, monkeypatch):
+    """warc: and every quality filter, in worker processes with small batches: the same data
+    dir (report included: drops by rule, files that gave nothing) as in one process."""
+    report = (web_build / "report.txt").read_text()
+    for rule in ("quality_language", "quality_gopher_repetition", "warc_revisit"):
+        assert rule in report, report
+    assert "spam.jsonl: all 5 documents dropped by clean (quality_" in report
+    monkeypatch.setattr(engine_local, "POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(stages, "BATCH_BYTES", 3_000)
+    info = build_dataset(web_config(web_sources, workers=2), tmp_path / "data", verbose=False)
+    assert_same_data_dir(web_build, info.path)
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_ray_web_quality_writes_the_local_engines_bytes(
+    ray_cluster, ray_env, web_sources, web_build, tmp_path
+):
+    """The same on a two-node Ray cluster: filters run in Ray's workers, bytes as local."""
+    cfg = web_config(web_sources, engine="ray", ray_address=ray_cluster["address"])
+    info = build_dataset(cfg, tmp_path / "data", verbose=False)
+    assert_same_data_dir(web_build, info.path)
+
+
+# ---------------------------------------------------------------- the local engine's modes
+
+
+def local_mode(cfg: DataConfig, tmp: Path) -> str:
+    """The mode the local engine picks for cfg's tasks (given a staging dir for work files)."""
+    engine = engine_local.LocalEngine(cfg, verbose=False)
+    engine.tmp = tmp
+    return engine._mode(stages.plan_tasks(cfg))
+
+
+def worker_stages(info_path: Path) -> dict[str, set[int]]:
+    """Each worker-row stage of a build's metadata.json → the pids that reported it."""
+    timings = json.loads((info_path / "metadata.json").read_text())["timings"]
+    found: dict[str, set[int]] = {}
+    for row in timings["per_worker"]:
+        found.setdefault(row["stage"], set()).add(row["pid"])
+    return found
+
+
+def test_local_mode_rule_and_input_bytes(multistream_dump, tmp_path, monkeypatch):
+    """One worker or little input: in process; several tasks, none over half the input: tasks;
+    one file: batches. A multistream dump's parts count their own bytes, the file's once."""
+    monkeypatch.setattr(engine_local, "POOL_MIN_BYTES", 0)
+    one = config(f"wiki:{multistream_dump}", workers=2)
+    assert local_mode(one, tmp_path) == "batches"
+    assert local_mode(dataclasses.replace(one, workers=1), tmp_path) == "in process"
+    split_dump(monkeypatch, multistream_dump)
+    tasks = stages.plan_tasks(one)
+    assert len(tasks) >= 3
+    size = multistream_dump.stat().st_size
+    assert engine_local._input_bytes(one, tasks) == size
+    assert local_mode(one, tmp_path) == "tasks"
+    other = tmp_path / "other.jsonl"  # a file twice the dump's size: it gets the batches
+    other.write_text(json.dumps({"text": "x" * 2 * size}) + "\n")
+    assert local_mode(config(f"wiki:{multistream_dump},jsonl:{other}", workers=2), tmp_path) == (
+        "batches"
+    )
+    monkeypatch.setattr(engine_local, "POOL_MIN_BYTES", size + 1)
+    assert local_mode(one, tmp_path) == "in process"
+
+
+def several_files(folder: Path, seed: int) -> str:
+    """data.sources for the planted corpus with its big JSONL file cut in two, so that no file
+    holds half the input (the local engine's rule for reading whole files in its workers)."""
+    corpus = planted_corpus(folder, bases=120, seed=seed)
+    big = folder / "b.jsonl"
+    lines = big.read_text().splitlines(keepends=True)
+    (folder / "b1.jsonl").write_text("".join(lines[: len(lines) // 2]))
+    (folder / "b2.jsonl").write_text("".join(lines[len(lines) // 2 :]))
+    return corpus["sources"].replace(f"jsonl:{big}", f"jsonl:{big.with_name('b[12].jsonl')}")
+
+
+def test_local_task_mode_gives_the_same_bytes(tmp_path, monkeypatch):
+    """Several files read whole by 2 workers (pass A and pass B), each task's batches
+    streamed back through a work file: the bytes of one process; reading counted in the
+    workers; no work file left."""
+    sources = several_files(tmp_path / "corpus", seed=3)
+    reference = build_dataset(config(sources, workers=1), tmp_path / "one", verbose=False)
+    monkeypatch.setattr(engine_local, "POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(stages, "BATCH_BYTES", 20_000)
+    cfg = config(sources, workers=2)
+    assert local_mode(cfg, tmp_path) == "tasks"
+    info = build_dataset(cfg, tmp_path / "two", verbose=False)
+    assert_same_data_dir(reference.path, info.path)
+    found = worker_stages(info.path)
+    for stage in ("read → keys", "read → filter"):
+        assert found[stage] and os.getpid() not in found[stage], found
+    timings = json.loads((info.path / "metadata.json").read_text())["timings"]
+    assert {"read", "clean", "keys", "read (pass B)", "clean (pass B)"} <= set(timings["busy_s"])
+    assert not list(info.path.glob("_work-*")) and not list(tmp_path.glob("two.tmp-*"))
+
+
+def test_task_mode_without_dedup_reads_in_the_workers(tmp_path, monkeypatch):
+    """With dedup off there is no pass A; pass B alone still reads the files in the workers
+    (the staging dir for its work files comes from the build) and writes one process's bytes."""
+    sources = several_files(tmp_path / "corpus", seed=5)
+    no_dedup = DedupConfig(exact=False, near=False)
+    reference = build_dataset(
+        config(sources, workers=1, dedup=no_dedup), tmp_path / "one", verbose=False
+    )
+    monkeypatch.setattr(engine_local, "POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(stages, "BATCH_BYTES", 20_000)
+    cfg = config(sources, workers=2, dedup=no_dedup)
+    modes, pick = [], engine_local.LocalEngine._mode
+    monkeypatch.setattr(
+        engine_local.LocalEngine,
+        "_mode",
+        lambda self, tasks: modes.append(pick(self, tasks)) or modes[-1],
+    )
+    info = build_dataset(cfg, tmp_path / "two", verbose=False)
+    assert modes == ["tasks"], modes  # pass B alone, reading in the workers
+    assert_same_data_dir(reference.path, info.path)
+    found = worker_stages(info.path)
+    assert found["read → filter"] and os.getpid() not in found["read → filter"], found
+    assert not list(info.path.glob("_work-*"))
+
+
+def test_multistream_parts_read_in_the_workers(multistream_dump, wiki_whole_build, tmp_path,
+                                               monkeypatch):  # fmt: skip
+    """A dump's parts are read by the workers themselves (task mode, in both passes): the
+    bytes of the dump read whole in one process."""
+    split_dump(monkeypatch, multistream_dump)
+    monkeypatch.setattr(engine_local, "POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(stages, "BATCH_BYTES", 30_000)
+    cfg = config(f"wiki:{multistream_dump}", workers=2)
+    assert local_mode(cfg, tmp_path) == "tasks"
+    info = build_dataset(cfg, tmp_path / "data", verbose=False)
+    assert_same_data_dir(wiki_whole_build, info.path)
+    found = worker_stages(info.path)
+    assert os.getpid() not in found["read → keys"] | found["read → filter"], found
+
+
+def test_pass_b_cleans_in_the_pool(planted, tmp_path, monkeypatch):
+    """One file (batch mode): pass B's batches cleaned in the workers, results in order, the
+    dropped ids dropped here: the bytes of one process."""
+    one_file = planted["sources"].split(",")[-1]  # b.jsonl: near duplicates inside
+    reference = build_dataset(config(one_file), tmp_path / "one", verbose=False)
+    monkeypatch.setattr(engine_local, "POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(stages, "BATCH_BYTES", 20_000)
+    cfg = config(one_file, workers=2)
+    assert local_mode(cfg, tmp_path) == "batches"
+    info = build_dataset(cfg, tmp_path / "two", verbose=False)
+    assert_same_data_dir(reference.path, info.path)
+    meta = json.loads((info.path / "metadata.json").read_text())
+    assert meta["dedup"]["near_duplicates"] > 0
+    found = worker_stages(info.path)
+    assert found["read → filter"] and os.getpid() not in found["read → filter"], found
+
+
+def test_task_mode_bad_file_fails_as_in_process(tmp_path, monkeypatch):
+    """A corrupt file among several (data.strict): read in a worker, it fails with the error
+    of one process, and the staging dir and its work files are gone."""
+    import gzip
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    text = " ".join(SHAKESPEARE.read_text().split()[:400])
+    for i in range(4):
+        lines = "".join(json.dumps({"text": f"{i} {j} {text[j * 50 :]}"}) + "\n" for j in range(40))
+        (folder / f"f{i}.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+    (folder / "f2.jsonl.gz").write_bytes((folder / "f2.jsonl.gz").read_bytes()[:-300])
+    errors = []
+    monkeypatch.setattr(engine_local, "POOL_MIN_BYTES", 0)
+    for workers in (1, 2):
+        cfg = config(f"jsonl:{folder}", workers=workers, strict=True)
+        if workers == 2:
+            assert local_mode(cfg, tmp_path) == "tasks"
+        with pytest.raises(ValueError) as caught:
+            build_dataset(cfg, tmp_path / f"data{workers}", verbose=False)
+        errors.append((type(caught.value), str(caught.value)))
+        assert not list(tmp_path.glob(f"data{workers}*"))
+    assert errors[0] == errors[1] and "f2.jsonl.gz" in errors[0][1], errors

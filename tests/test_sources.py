@@ -16,7 +16,7 @@ import pytest
 import zstandard
 from data_inputs import WIKI_PAGES, WIKI_TEXTS, wiki_xml, write_wet
 
-from jaxgpt.data import readers
+from jaxgpt.data import readers, wiki
 from jaxgpt.data import sources as sources_lib
 
 COMPRESS = {
@@ -62,8 +62,8 @@ def test_parse_sources_new_kinds(tmp_path):
     assert readers.parse_tfds_spec("c4/en:validation[:1%]") == ("c4/en", "validation[:1%]")
     with pytest.raises(ValueError, match=r"tfds:NAME\[/CONFIG\]\[:SPLIT\]"):
         sources_lib.parse_sources("tfds:not a name")
-    with pytest.raises(ValueError, match=r"'warc'.*known kinds.*jsonl.*tfds.*wet.*wiki"):
-        sources_lib.parse_sources("warc:/tmp/x")
+    with pytest.raises(ValueError, match=r"'arc'.*known kinds.*jsonl.*tfds.*warc.*wet.*wiki"):
+        sources_lib.parse_sources("arc:/tmp/x")
     for kind in ("jsonl", "wiki", "wet"):
         with pytest.raises(FileNotFoundError, match=r"nowhere/x"):
             sources_lib.parse_sources(f"{kind}:{tmp_path}/nowhere/x*")
@@ -195,9 +195,10 @@ def test_wiki_dump(tmp_path, suffix):
     assert stats.files == 1 and stats.documents == 2 and stats.problems == []
 
 
-def test_wikitext_to_text_drops_markup():
+@pytest.mark.parametrize("parser", ["fast", "mwparserfromhell"])
+def test_wikitext_to_text_drops_markup(parser):
     """No markup, template, reference, table, file, category or language link survives."""
-    text = readers.wikitext_to_text(WIKI_PAGES[0][3])
+    text = wiki.wikitext_to_text(WIKI_PAGES[0][3], parser)
     for leftover in ("{{", "[[", "'''", "cite", "plain reference", "Category", "Portrait",
                      "1815", "Born", "de:", "__TOC__", "hidden", "https", "=="):  # fmt: skip
         assert leftover not in text, leftover

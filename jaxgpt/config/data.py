@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 
 from jaxgpt.config.locations import check_location
@@ -13,6 +14,8 @@ MAX_SHINGLE_SIZE = 8  # word positions jaxgpt.data.dedup has a multiplier for
 SPLIT_MODES = ("auto", "document", "tail")
 FORMATS = ("text", "sft")
 ENGINES = ("local", "ray")
+WIKI_PARSERS = ("fast", "mwparserfromhell")  # data.wiki_parser
+LANGUAGE_CODE = re.compile(r"[a-z]{2,3}")
 # "" (start Ray here), "auto" (the cluster this machine is in), HOST:PORT, or ray://HOST:PORT
 RAY_ADDRESS = re.compile(r"(auto|(ray://)?[\w.\-\[\]:]+:\d+)")
 
@@ -52,6 +55,43 @@ class CleanConfig:
             raise ValueError(
                 "data.clean.max_replacement_fraction must be in [0, 1], "
                 f"got {self.max_replacement_fraction}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityConfig:
+    """Quality filters for web text (jaxgpt/data/quality.py); each one off by default."""
+
+    gopher_repetition: bool = False  # drop text with repeated lines, paragraphs or n-grams
+    gopher_quality: bool = False  # drop by word count, word length, symbols, bullets, stop words
+    c4: bool = False  # remove C4's bad lines; drop "lorem ipsum", "{", < 5 sentences
+    fineweb: bool = False  # drop by FineWeb's line punctuation, short lines, repeats, newlines
+    language: bool = False  # drop text whose detected language is not in `languages`
+    languages: str = "en"  # comma-separated ISO 639-1 codes kept by the language filter
+    max_rank: int = 1200  # language filter: drop above this out-of-place rank (unsure)
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.gopher_repetition, self.gopher_quality, self.c4, self.fineweb,
+                    self.language))  # fmt: skip
+
+    @property
+    def language_codes(self) -> tuple[str, ...]:
+        return tuple(c.strip().lower() for c in self.languages.split(",") if c.strip())
+
+    def __post_init__(self):
+        bad = [c for c in self.language_codes if not LANGUAGE_CODE.fullmatch(c)]
+        if bad or not self.language_codes:
+            raise ValueError(
+                f"data.quality.languages={self.languages!r} must be comma-separated ISO 639-1 "
+                'codes such as "en" or "en,de,fr"'
+            )
+        if self.max_rank <= 0:
+            raise ValueError(f"data.quality.max_rank must be positive, got {self.max_rank}")
+        if self.language and importlib.util.find_spec("resiliparse") is None:
+            raise ImportError(
+                "data.quality.language needs Resiliparse, which is not installed here: "
+                "pip install 'jaxgpt[web]'  (or: pip install \"resiliparse>=2,<3\")"
             )
 
 
@@ -114,6 +154,8 @@ class DataConfig:
     parquet_column: str = "text"
     hf_split: str = "train"
     hf_field: str = "text"
+    wiki_parser: str = "fast"
+    detect_encoding: bool = False
     stdlib_max_mb: float = 8.0
     val_fraction: float = 0.1
     split: str = "auto"
@@ -123,6 +165,7 @@ class DataConfig:
     engine: str = "local"
     ray_address: str = ""
     clean: CleanConfig = dataclasses.field(default_factory=CleanConfig)
+    quality: QualityConfig = dataclasses.field(default_factory=QualityConfig)
     dedup: DedupConfig = dataclasses.field(default_factory=DedupConfig)
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
 
@@ -138,6 +181,8 @@ class DataConfig:
         check_location(self.path, "data.path")
         check_location(self.tfds_data_dir, "data.tfds_data_dir", remote_ok=False)
         self._check_engine()
+        if self.wiki_parser not in WIKI_PARSERS:
+            raise ValueError(f"data.wiki_parser={self.wiki_parser!r} is not one of {WIKI_PARSERS}")
         for key in ("parquet_column", "hf_split", "hf_field"):
             if not getattr(self, key):
                 raise ValueError(f"data.{key} is empty: name the column, split or field to read")

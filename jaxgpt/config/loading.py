@@ -94,11 +94,14 @@ def run_config(c: ml_collections.ConfigDict | dict) -> RunConfig:
     return from_dict(RunConfig, c.to_dict() if hasattr(c, "to_dict") else c)
 
 
-def model_config(model: GPTConfig | dict, tokenizer_vocab: int) -> GPTConfig:
-    """GPTConfig with its vocabulary resolved: explicit (checked) or the tokenizer's, padded."""
+def model_config(
+    model: GPTConfig | dict, tokenizer_vocab: int, tokenizer_eot: int = -1
+) -> GPTConfig:
+    """GPTConfig with its vocabulary resolved: explicit (checked) or the tokenizer's, padded;
+    likewise its end-of-text id (tokenizer_eot=-1: not known here, model.eot_id stays)."""
     if not isinstance(model, GPTConfig):
         model = from_dict(GPTConfig, model, "model.")
-    return resolve_vocab(model, tokenizer_vocab)
+    return resolve_vocab(model, tokenizer_vocab, tokenizer_eot)
 
 
 def to_json(c: ml_collections.ConfigDict) -> str:

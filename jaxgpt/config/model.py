@@ -24,8 +24,9 @@ MLPS = ("gelu", "swiglu", "relu2")
 class GPTConfig:
     """Model hyperparameters; shape letters are defined in jaxgpt/model.py's docstring.
 
-    vocab_size=0 means "the tokenizer's size, padded to vocab_multiple": a config holds that
-    until `resolve_vocab` fixes it; a model is only ever built from a resolved config.
+    vocab_size=0 means "the tokenizer's size, padded to vocab_multiple" and eot_id=-1 "the
+    tokenizer's end-of-text id": a config holds those until `resolve_vocab` fixes them; a model
+    is only ever built from a resolved config.
     """
 
     vocab_size: int = 0
@@ -53,6 +54,9 @@ class GPTConfig:
     n_kv_head: int = 0  # K; 0 = n_head (no grouped-query attention)
     tie_embeddings: bool = True
     qk_norm: bool = False
+    # Document masking for packed rows: attention stops at end-of-text tokens, positions restart.
+    doc_mask: bool = False
+    eot_id: int = -1  # the end-of-text token; -1 = the tokenizer's (resolved at setup)
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -99,6 +103,11 @@ class GPTConfig:
                 f"model.position='rope' rotates pairs of the head dim, which is odd "
                 f"({self.head_dim} = n_embd / n_head): change model.n_embd or model.n_head"
             )
+        if self.eot_id < -1 or (self.vocab_size and self.eot_id >= self.vocab_size):
+            raise ValueError(
+                f"model.eot_id={self.eot_id} is not a token id of the {self.vocab_size}-token "
+                "vocabulary: set model.eot_id=-1 to take the tokenizer's end-of-text id"
+            )
         if self.rope_theta <= 0 or self.norm_eps <= 0:
             raise ValueError(
                 f"model.rope_theta ({self.rope_theta}) and model.norm_eps ({self.norm_eps}) "
@@ -133,8 +142,10 @@ class GPTConfig:
         return DTYPES[self.param_dtype]
 
 
-def resolve_vocab(model: GPTConfig, tokenizer_vocab: int) -> GPTConfig:
-    """`model` with its vocabulary fixed: explicit (checked) or the tokenizer's, padded."""
+def resolve_vocab(model: GPTConfig, tokenizer_vocab: int, tokenizer_eot: int = -1) -> GPTConfig:
+    """`model` with its vocabulary fixed: explicit (checked) or the tokenizer's, padded; and its
+    end-of-text id: explicit (checked) or the tokenizer's (-1: unknown here)."""
+    model = resolve_eot(model, tokenizer_eot)
     if model.vocab_size == 0:
         if tokenizer_vocab <= 0:
             raise ValueError("model.vocab_size=0 follows the tokenizer, but its size is unknown")
@@ -144,5 +155,19 @@ def resolve_vocab(model: GPTConfig, tokenizer_vocab: int) -> GPTConfig:
         raise ValueError(
             f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's "
             f"{tokenizer_vocab} tokens; set model.vocab_size=0 to follow the tokenizer"
+        )
+    return model
+
+
+def resolve_eot(model: GPTConfig, tokenizer_eot: int) -> GPTConfig:
+    """`model` with eot_id the tokenizer's (when it follows it and the tokenizer's is known)."""
+    if tokenizer_eot < 0:
+        return model
+    if model.eot_id == -1:
+        return dataclasses.replace(model, eot_id=tokenizer_eot)
+    if model.eot_id != tokenizer_eot:
+        raise ValueError(
+            f"model.eot_id={model.eot_id}, but the tokenizer's end-of-text id is {tokenizer_eot}: "
+            "set model.eot_id=-1 to follow the tokenizer"
         )
     return model

@@ -44,6 +44,7 @@ from jaxgpt.data.dataset import (
 from jaxgpt.data.dedup import DedupStats
 from jaxgpt.data.engine_local import LocalEngine, WorkerPool
 from jaxgpt.data.inputs import ReadStats
+from jaxgpt.data.outcomes import FileOutcomes
 from jaxgpt.data.sft import build_sft
 from jaxgpt.data.shards import ShardWriter, token_dtype
 from jaxgpt.data.stages import (
@@ -184,9 +185,10 @@ class BuildStats:
 class _Totals:
     """Pass B's counts, added up batch by batch in corpus order."""
 
-    def __init__(self, tasks):
+    def __init__(self, tasks, strict: bool = False):
         self.spec = [t.spec for t in tasks]
         self.read, self.clean = ReadStats(), CleanStats()
+        self.outcomes = FileOutcomes(tasks, strict)  # no silent zero: files that gave nothing
         self.sources: dict[str, dict[str, int]] = {}
         self.cleaned = self.kept = 0
 
@@ -194,6 +196,7 @@ class _Totals:
         """The kept documents of the batches, counting each batch as it is reached."""
         for batch in batches:
             merge_read_stats(self.read, batch.read)
+            self.outcomes.add(batch, self.read)
             self.clean.merge(batch.clean)
             row = self.sources.setdefault(self.spec[batch.task], dict.fromkeys(_SOURCE_COUNTS, 0))
             row["cleaned"] += batch.cleaned
@@ -218,14 +221,14 @@ def _write_documents(cfg: DataConfig, tmp: Path, verbose: bool, engine) -> tuple
     dropped, dedup = np.empty(0, np.int64), None
     if cfg.dedup.exact or cfg.dedup.near:
         dropped, dedup = engine.dedup(tasks, tmp)
-    began, totals = time.perf_counter(), _Totals(tasks)
+    began, totals = time.perf_counter(), _Totals(tasks, cfg.strict)
     counts, sizes = {"train": 0, "val": 0}, {"train": 0, "val": 0}
     sample, sample_budget = [], int(cfg.tokenizer.train_mb * 1e6)
     bar = tqdm(desc="write", unit=" docs", disable=not verbose, dynamic_ncols=True)
     with contextlib.ExitStack() as stack:  # every file closed, also when one write fails
         stack.callback(bar.close)
         files = {s: stack.enter_context(staging.create(tmp / f"{s}.jsonl")) for s in counts}
-        kept = totals.texts(engine.kept(tasks, dropped))
+        kept = totals.texts(engine.kept(tasks, dropped, tmp))
         for split, text in split_documents(kept, cfg.val_fraction, cfg.split):
             line = json.dumps({"text": text}, ensure_ascii=False) + "\n"
             files[split].write(line.encode())
@@ -236,6 +239,7 @@ def _write_documents(cfg: DataConfig, tmp: Path, verbose: bool, engine) -> tuple
                 sample_budget -= len(text)
             bar.update(1)
     engine.passes["read → clean → split → JSONL"] = time.perf_counter() - began
+    totals.outcomes.finish(totals.read)  # the last file's outcome (the others' are in already)
     stats = BuildStats(
         totals.read, totals.clean, _dedup_stats(dedup, totals), counts, sizes,
         totals.per_source(), _split_mode(cfg.split, totals.kept),
@@ -508,14 +512,19 @@ def format_report(stats: BuildStats, meta: dict | None) -> str:
     )
     for name, value in dataclasses.asdict(r).items():
         skip = ("documents", "bytes", "files", "input_bytes", "docs_by_source", "bytes_by_source")
-        if name in skip or name in ("problems", "mixture") or not value:
+        if name in skip or name in ("problems", "mixture", "no_documents") or not value:
             continue
         lines.append(f"  {name.replace('_', ' ')}: {value}")
     for problem in r.problems:
         lines.append(f"  ! {problem}")
+    for outcome in r.no_documents:
+        lines.append(f"  ! no documents: {outcome}")
     lines += sources_lib.mixture_report(r)
     dropped = ", ".join(f"{k} {v:,}" for k, v in sorted(c.dropped.items()) if v) or "none"
     lines.append(f"clean        kept {c.documents_out:,} of {c.documents_in:,}; dropped: {dropped}")
+    for name, counts in (("quality", c.quality_reasons), ("lines removed", c.lines_removed)):
+        if counts:
+            lines.append(f"  {name}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))
     lines.append(
         f"dedup        {d.exact_duplicates:,} exact and {d.near_duplicates:,} near duplicates "
         f"removed; {d.documents_out:,} documents left"

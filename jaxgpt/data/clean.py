@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from jaxgpt.config.data import NORMALIZATIONS, CleanConfig  # noqa: F401  (re-exported)
 
@@ -43,6 +43,10 @@ class CleanStats:
     control_chars_removed: int = 0  # C0/C1 control characters (other than \t, \n) and DEL
     zero_width_removed: int = 0  # U+200B, U+2060, U+FEFF (BOM)
     surrogates_removed: int = 0  # unpaired surrogate code points
+    # data.quality: why each dropped document failed ("gopher_quality: too_few_words"), and the
+    # lines the C4 filter removed from documents, by reason ("c4_no_terminal_punctuation").
+    quality_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
+    lines_removed: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def documents_dropped(self) -> int:
@@ -51,9 +55,10 @@ class CleanStats:
     def merge(self, other: CleanStats) -> None:
         """Add another CleanStats into this one (e.g. from a parallel worker)."""
         for f in dataclasses.fields(self):
-            if f.name == "dropped":
-                for reason, n in other.dropped.items():
-                    self.dropped[reason] = self.dropped.get(reason, 0) + n
+            mine = getattr(self, f.name)
+            if isinstance(mine, dict):
+                for reason, n in getattr(other, f.name).items():
+                    mine[reason] = mine.get(reason, 0) + n
             else:
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
@@ -155,11 +160,16 @@ def clean_documents(docs: Iterable[str], cfg: CleanConfig, stats: CleanStats) ->
         yield text
 
 
+# A further filter after cleaning (data.quality: quality.make_check): (text left, drop reason).
+Extra = Callable[[str, CleanStats], tuple[str, "str | None"]]
+
+
 def clean_indexed(
-    docs: Iterable[str], cfg: CleanConfig, stats: CleanStats
+    docs: Iterable[str], cfg: CleanConfig, stats: CleanStats, extra: Extra | None = None
 ) -> Iterator[tuple[int, str]]:
     """clean_documents, yielding (position in docs, cleaned text): a kept document keeps the
-    place it was read at, which is what identifies it across the passes of a build."""
+    place it was read at, which is what identifies it across the passes of a build. `extra`
+    filters (and may shorten) what cleaning kept."""
     for i, doc in enumerate(docs):
         stats.documents_in += 1
         stats.chars_in += len(doc)
@@ -167,6 +177,8 @@ def clean_indexed(
         if text != doc:
             stats.documents_modified += 1
         reason = _drop_reason(text, cfg)
+        if reason is None and extra is not None:
+            text, reason = extra(text, stats)
         if reason is not None:
             stats.dropped[reason] = stats.dropped.get(reason, 0) + 1
             continue

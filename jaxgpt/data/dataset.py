@@ -40,6 +40,7 @@ KEYED_SECTIONS = {
     "clean": ("normalization", "min_chars", "max_chars"),
     "dedup": ("exact", "near", "threshold"),
     "tokenizer": ("model_type", "vocab_size", "train_mb", "path", "eot_token"),
+    "quality": (),  # data.quality: each filter joins the key when switched on
 }
 
 
@@ -123,7 +124,7 @@ def dataset_key(cfg: DataConfig) -> str:
 NOT_KEYED = ("path", "workers", "engine", "ray_address")
 # Top-level knobs added after data dirs were keyed: they join the key only when set off their
 # default, so a data dir prepared before they existed is still current.
-NEWER_FIELDS = ("parquet_column", "hf_split", "hf_field")
+NEWER_FIELDS = ("parquet_column", "hf_split", "hf_field", "wiki_parser", "detect_encoding")
 
 
 def key_settings(cfg: DataConfig) -> dict:

@@ -225,7 +225,9 @@ def _keys_of(row: dict, cfg: DataConfig) -> tuple[np.ndarray, DocumentKeys]:
     ids = np.frombuffer(row["ids"], np.int64)
     exact = np.frombuffer(row["exact"], np.uint64).reshape(-1, 2)
     sigs = np.frombuffer(row["sigs"], np.uint32).reshape(-1, cfg.dedup.num_perm)
-    bands = np.frombuffer(row["bands"], np.uint64).reshape(len(sigs), -1)
+    bands = np.frombuffer(row["bands"], np.uint64)
+    # A batch whose every document cleaning dropped has no keys: reshape(0, -1) is an error.
+    bands = bands.reshape(len(sigs), -1) if len(sigs) else bands.reshape(0, 0)
     return ids, DocumentKeys(exact, sigs, bands)
 
 
@@ -438,8 +440,11 @@ class RayEngine:
             resolution.add(arrays)
             self._note(row["report"])
 
-    def kept(self, tasks: list[ReadTask], dropped: np.ndarray) -> Iterator[KeptBatch]:
-        """Pass B: read → clean → drop the dropped ids; batches in corpus order."""
+    def kept(
+        self, tasks: list[ReadTask], dropped: np.ndarray, tmp: Path | None = None
+    ) -> Iterator[KeptBatch]:
+        """Pass B: read → clean → drop the dropped ids; batches in corpus order. (tmp: the
+        local engine's work files; Ray keeps its intermediate data in its object store.)"""
         self._kept = self._reads(tasks).map_batches(
             _kept_op, fn_kwargs={"cfg": self.cfg, "dropped": self.ray.put(dropped)},
             batch_size=1, batch_format="pyarrow", memory=WORKER_MEMORY,

@@ -28,6 +28,7 @@ JSONL_ENDINGS = tuple(
 )
 WIKI_ENDINGS = (".xml", ".xml.bz2", ".xml.gz")
 WET_ENDINGS = (".warc.wet.gz", ".warc.wet", ".wet.gz", ".wet")
+WARC_ENDINGS = (".warc.gz", ".warc")  # not *.warc.wet.gz: that ends in .wet.gz
 PARQUET_ENDINGS = (".parquet", ".pq")
 HF_ENDINGS = (".arrow", ".json")  # a save_to_disk dir: Arrow stream files and its JSON state
 # What a folder given to each file kind contributes (an explicit file or glob is always taken).
@@ -35,6 +36,7 @@ FILE_ENDINGS = {
     "jsonl": JSONL_ENDINGS,
     "wiki": WIKI_ENDINGS,
     "wet": WET_ENDINGS,
+    "warc": WARC_ENDINGS,
     "parquet": PARQUET_ENDINGS,
     "hf": HF_ENDINGS,
 }
@@ -43,6 +45,7 @@ BUILT_IN = ("stdlib", "shakespeare")  # kinds that are a corpus themselves, give
 HF_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?(:[\w.+-]+)?")
 NOT_FILES = (*BUILT_IN, "tfds")  # kinds whose spec names no file on disk
 MAX_PROBLEMS = 20
+BOUNDED_LISTS = ("problems", "no_documents")  # ReadStats lists that keep the first MAX_PROBLEMS
 
 
 class CorruptInputError(ValueError):
@@ -83,17 +86,24 @@ class ReadStats:
     input_bytes: int = 0  # on-disk size of those files (compressed size for .gz/.bz2/.zst)
     bad_utf8_files: int = 0  # text/stdlib/wiki files with invalid UTF-8 (replaced by U+FFFD)
     bad_utf8_lines: int = 0  # JSONL lines with invalid UTF-8 (replaced)
-    bad_utf8_records: int = 0  # WET records and TFDS examples with invalid UTF-8 (replaced)
+    bad_utf8_records: int = 0  # WET/WARC records, TFDS examples not valid in their charset
     bad_json_lines: int = 0  # JSONL lines skipped: invalid JSON, or JSON that is not an object
     missing_field_lines: int = 0  # JSONL lines skipped: text field absent or not a string
     null_texts: int = 0  # Parquet rows and Hugging Face examples skipped: their text is null
     corrupt_files: int = 0  # files that broke off (truncated/corrupt); documents before kept
+    # Wiki pages kept although an unclosed or stray {{ [[ {| was in them (the token dropped).
+    wiki_unbalanced_markup: int = 0
+    wrong_kind_files: int = 0  # files of another kind than their source's (a WARC given as wet:)
     # Documents left out on purpose, by reason: "empty", "wiki_redirect", "wiki_namespace".
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
     docs_by_source: dict[str, int] = dataclasses.field(default_factory=dict)  # by Source.spec
     bytes_by_source: dict[str, int] = dataclasses.field(default_factory=dict)  # by Source.spec
     problems: list[str] = dataclasses.field(default_factory=list)  # first MAX_PROBLEMS "where: why"
     problem_count: int = 0  # all problems, including those past MAX_PROBLEMS
+    # No silent zero: the first MAX_PROBLEMS "FILE: why" for input that gave no documents (a
+    # non-empty file that gave none, or whose documents cleaning dropped), and how many in all.
+    no_documents: list[str] = dataclasses.field(default_factory=list)
+    no_document_files: int = 0
     # By Source.spec, for sources of a mixture only: {"weight", "rate", "docs_out", "bytes_out"}
     # (documents read but left out by the weight); what it kept is in docs/bytes_by_source.
     mixture: dict[str, dict] = dataclasses.field(default_factory=dict)
@@ -144,13 +154,19 @@ class ReadStats:
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(problem)
 
+    def no_document(self, outcome: str) -> None:
+        """Remember input that gave no documents ("FILE: why"), the first MAX_PROBLEMS."""
+        self.no_document_files += 1
+        if len(self.no_documents) < MAX_PROBLEMS:
+            self.no_documents.append(outcome)
+
     def merge(self, other: ReadStats) -> None:
         """Add another reader's counts (a worker's, a file task's) to these."""
         for f in dataclasses.fields(self):
             mine, theirs = getattr(self, f.name), getattr(other, f.name)
             if isinstance(mine, int):
                 setattr(self, f.name, mine + theirs)
-            elif f.name == "problems":
+            elif f.name in BOUNDED_LISTS:
                 mine.extend(theirs[: MAX_PROBLEMS - len(mine)])
             elif f.name == "mixture":
                 for spec, entry in theirs.items():

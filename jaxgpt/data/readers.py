@@ -1,30 +1,27 @@
-"""Readers for the structured source kinds: JSON Lines, TFDS, MediaWiki XML dumps, Common Crawl
-WET, Parquet and Hugging Face datasets.
+"""Readers for the structured source kinds: JSON Lines, TFDS, MediaWiki XML dumps, Parquet and
+Hugging Face datasets (the web crawls, WET and WARC, are read in web.py).
 
 Each reader yields documents (str) and counts what it read, skipped or repaired into a ReadStats
 (see inputs.py). Bad input is counted and remembered as "path:line: reason" by default, and is a
-ValueError naming the place with strict=True. Slow imports (zstandard, warcio, mwparserfromhell,
+ValueError naming the place with strict=True. Slow imports (zstandard, mwparserfromhell,
 tensorflow_datasets, pyarrow) happen inside the reader that needs them.
 """
 
 from __future__ import annotations
 
 import bz2
-import codecs
-import contextlib
 import gzip
 import io
 import json
 import lzma
 import os
 import re
-import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Iterator
 from typing import BinaryIO
 
 from jaxgpt.config import AnyPath, is_remote
-from jaxgpt.data import remote
+from jaxgpt.data import encoding, remote
 from jaxgpt.data.inputs import (
     CorruptInputError,
     ReadStats,
@@ -138,47 +135,6 @@ def open_input(path: AnyPath) -> BinaryIO:
     return io.BufferedReader(_Checked(inner, fh, path, errors), buffer_size=READ_CHUNK)
 
 
-def decode_utf8(data: bytes | memoryview, final: bool = True) -> tuple[str, int, int]:
-    """Decode UTF-8 replacing bad bytes with U+FFFD: (text, bytes consumed, bad sequences)."""
-    view, parts, pos, bad = memoryview(data), [], 0, 0
-    while True:
-        try:
-            text, used = codecs.utf_8_decode(view[pos:], "strict", final)
-        except UnicodeDecodeError as e:
-            # One U+FFFD per bad sequence, exactly as errors="replace" would give.
-            parts += [str(view[pos : pos + e.start], "utf-8"), "\ufffd"]
-            pos, bad = pos + e.end, bad + 1
-            continue
-        parts.append(text)
-        return "".join(parts), pos + used, bad
-
-
-class _Utf8Repair:
-    """A readable byte stream with invalid UTF-8 replaced, so the XML parser never chokes on it."""
-
-    def __init__(self, stream: BinaryIO, path: AnyPath, strict: bool):
-        self._stream, self._path, self._strict = stream, path, strict
-        self._pending, self._offset, self.bad = b"", 0, 0
-
-    def read(self, size: int = -1) -> bytes:
-        while True:
-            chunk = self._stream.read(size if size > 0 else READ_CHUNK)
-            data = self._pending + chunk
-            if self._strict:
-                try:
-                    codecs.utf_8_decode(data, "strict", not chunk)
-                except UnicodeDecodeError as e:
-                    at = self._offset + e.start
-                    raise ValueError(
-                        f"{self._path}: not valid UTF-8 at byte {at:,} (data.strict=True)"
-                    ) from e
-            text, used, bad = decode_utf8(data, final=not chunk)
-            self.bad += bad
-            self._pending, self._offset = data[used:], self._offset + used
-            if text or not chunk:
-                return text.encode()
-
-
 # ---------------------------------------------------------------- jsonl
 
 
@@ -203,21 +159,34 @@ def _jsonl_text(line: bytes, where: str, field: str, stats: ReadStats, strict: b
     text = record.get(field)
     if not isinstance(text, str):
         reason = f"no {field!r} field" if field not in record else f"{field!r} is not a string"
-        reject(stats, strict, where, f"{reason} (data.jsonl_field)", "missing_field_lines")
+        keys = ", ".join(repr(k) for k in list(record)[:10]) or "none"  # which field to name
+        reject(stats, strict, where, f"{reason} (data.jsonl_field); its keys: {keys}",
+               "missing_field_lines")  # fmt: skip
         return None
     return text
 
 
 def read_jsonl(
-    source: Source, stats: ReadStats, strict: bool, jsonl_field: str = "text", **_
+    source: Source,
+    stats: ReadStats,
+    strict: bool,
+    jsonl_field: str = "text",
+    detect_encoding: bool = False,
+    **_,
 ) -> Iterator[str]:
-    """JSON Lines (.jsonl, optionally .gz/.bz2/.xz/.zst), one document per line's text field."""
+    """JSON Lines (.jsonl, optionally .gz/.bz2/.xz/.zst), one document per line's text field.
+    A byte-order mark is honored (UTF-16/32 lines decoded); with detect_encoding a file whose
+    head is not UTF-8 is decoded as charset-normalizer finds."""
     for path in input_files(source, stats):
-        with open_input(path) as stream:
+        with open_input(path) as raw:
+            decoded = None
             try:
+                decoded = encoding.open_lines(raw, path, detect_encoding)
+                if note := decoded.note(path):
+                    stats.note(note)
                 # Lines are split on b"\n" only: JSON never holds a raw newline, other breaks
                 # (\r, U+2028) inside strings stay part of the text.
-                for lineno, line in enumerate(stream, 1):
+                for lineno, line in enumerate(decoded.stream, 1):
                     text = _jsonl_text(line, f"{path}:{lineno}", jsonl_field, stats, strict)
                     if text is None:
                         continue
@@ -225,128 +194,10 @@ def read_jsonl(
                         yield text
             except CorruptInputError as e:
                 corrupt(e, stats, strict)
-
-
-# ---------------------------------------------------------------- wiki
-
-
-def _local(tag: str) -> str:
-    """A tag without its namespace: export-0.10 and older dumps use different ones."""
-    return tag.rpartition("}")[2]
-
-
-def _iter_pages(stream) -> Iterator[tuple[str, bool, bool, str]]:
-    """(title, is_article, is_redirect, wikitext) per <page>, clearing parsed pages as it goes."""
-    root, other_namespaces = None, set()
-    for event, elem in ET.iterparse(stream, events=("start", "end")):
-        if root is None:
-            root = elem
-        if event != "end":
-            continue
-        tag = _local(elem.tag)
-        if tag == "namespace" and elem.get("key") != "0" and elem.text:
-            other_namespaces.add(elem.text)
-        elif tag == "page":
-            title = elem.findtext("{*}title") or ""
-            ns = elem.findtext("{*}ns")
-            if ns is not None:
-                is_article = ns.strip() == "0"
-            else:  # very old dumps have no <ns>: the title prefix says it
-                is_article = ":" not in title or title.partition(":")[0] not in other_namespaces
-            revisions = elem.findall("{*}revision")
-            text = (revisions[-1].findtext("{*}text") if revisions else None) or ""
-            redirect = elem.find("{*}redirect") is not None
-            redirect = redirect or text.lstrip()[:9].upper() == "#REDIRECT"
-            yield title, is_article, redirect, text
-            root.clear()  # keeps memory flat over a multi-GB dump
-
-
-_DROP_LINK_PREFIXES = {"category", "file", "image", "media"}
-_LANGUAGE_LINK = re.compile(r"[a-z]{2,3}(-[a-z]+)*:")
-_MAGIC_WORD = re.compile(r"__[A-Z]+__")
-_BLANK_LINES = re.compile(r"\n{3,}")
-
-
-def wikitext_to_text(wikitext: str) -> str:
-    """Plain text of a page: markup, templates, tables, refs, files and categories removed."""
-    import mwparserfromhell
-
-    code = mwparserfromhell.parse(wikitext)
-    drop = [t for t in code.filter_tags() if str(t.tag).strip().lower() in ("ref", "table")]
-    for link in code.filter_wikilinks():
-        title = str(link.title).strip()
-        prefix = title.partition(":")[0].strip().lower()
-        is_file_or_category = ":" in title and prefix in _DROP_LINK_PREFIXES
-        is_language_link = link.text is None and _LANGUAGE_LINK.match(title)  # [[de:Page]]
-        if is_file_or_category or is_language_link:
-            drop.append(link)
-    for node in (*code.filter_templates(), *drop):
-        with contextlib.suppress(ValueError):  # already gone with an enclosing node
-            code.remove(node)
-    text = _MAGIC_WORD.sub("", code.strip_code(normalize=True, collapse=True))
-    lines = (line.strip() for line in text.splitlines())
-    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
-
-
-def read_wiki(source: Source, stats: ReadStats, strict: bool, **_) -> Iterator[str]:
-    """MediaWiki XML dumps (.xml, .xml.bz2): one plain-text document per article page."""
-    for path in input_files(source, stats):
-        with open_input(path) as raw:
-            stream = _Utf8Repair(raw, path, strict)
-            try:
-                for _title, is_article, is_redirect, wikitext in _iter_pages(stream):
-                    if not is_article or is_redirect:
-                        stats.skip("wiki_namespace" if not is_article else "wiki_redirect")
-                        continue
-                    text = wikitext_to_text(wikitext)
-                    if stats.accept(source, text):
-                        yield text
-            except CorruptInputError as e:
-                corrupt(e, stats, strict)
-            except ET.ParseError as e:
-                corrupt(
-                    CorruptInputError(f"{path}: malformed or truncated XML ({e})"), stats, strict
-                )
-            if stream.bad:
+            if decoded is not None and decoded.replaced:  # decoded from another encoding
                 stats.bad_utf8_files += 1
-                stats.note(f"{path}: {stream.bad} invalid UTF-8 sequence(s) replaced")
-
-
-# ---------------------------------------------------------------- wet
-
-
-def read_wet(source: Source, stats: ReadStats, strict: bool, **_) -> Iterator[str]:
-    """Common Crawl WET files: one document per 'conversion' record's extracted text."""
-    from warcio.archiveiterator import ArchiveIterator
-    from warcio.exceptions import ArchiveLoadFailed
-
-    for path in input_files(source, stats):
-        # Decompressed here rather than by warcio, which ends silently at a truncated gzip member.
-        with open_input(path) as stream:
-            try:
-                for record in ArchiveIterator(stream):
-                    if record.rec_type != "conversion":
-                        continue
-                    uri = record.rec_headers.get_header("WARC-Target-URI")
-                    payload = record.content_stream().read()
-                    if len(payload) < (record.length or 0):
-                        raise CorruptInputError(
-                            f"{path}: record {uri} is truncated "
-                            f"({len(payload)} of {record.length} bytes)"
-                        )
-                    try:
-                        text = payload.decode("utf-8")
-                    except UnicodeDecodeError as e:
-                        reason = f"not valid UTF-8 at byte {e.start}"
-                        reject(stats, strict, f"{path}: record {uri}", reason, "bad_utf8_records")
-                        text = payload.decode("utf-8", errors="replace")
-                    if stats.accept(source, text):
-                        yield text
-            except CorruptInputError as e:
-                corrupt(e, stats, strict)
-            except ArchiveLoadFailed as e:
-                message = f"{path}: not a valid WARC file ({str(e)[:120]})"
-                corrupt(CorruptInputError(message), stats, strict)
+                name = decoded.encoding.upper()
+                stats.note(f"{path}: {decoded.replaced} invalid {name} sequence(s) replaced")
 
 
 # ---------------------------------------------------------------- tfds

@@ -2,11 +2,12 @@
 
 Kinds: text (files or folders), jsonl (JSON Lines, optionally compressed), tfds (a prepared
 TensorFlow Datasets split, tfds:NAME[/CONFIG][:SPLIT]), wiki (MediaWiki XML dumps), wet (Common
-Crawl WET files), parquet (a text column of Parquet files), hf (a Hugging Face dataset saved
-with save_to_disk, or in the local cache by name), and two built-in corpora that need no path:
-stdlib (the Python standard library's sources) and shakespeare (tinyshakespeare, shipped with
-jaxgpt). Each kind is a function in READERS that yields documents (str) and counts into a
-ReadStats; the structured kinds live in readers.py, what all of them share in inputs.py.
+Crawl WET files), warc (WARC files: the main text of their HTML pages), parquet (a text column
+of Parquet files), hf (a Hugging Face dataset saved with save_to_disk, or in the local cache by
+name), and two built-in corpora that need no path: stdlib (the Python standard library's
+sources) and shakespeare (tinyshakespeare, shipped with jaxgpt). Each kind is a function in
+READERS that yields documents (str) and counts into a ReadStats; the structured kinds live in
+readers.py, the web crawls in web.py, what all of them share in inputs.py.
 
 A mixture weights sources against each other: "jsonl:a/*.jsonl@3,parquet:b/*.parquet@1" keeps
 every document of a and a third of b's, chosen by a hash of each document's text (see
@@ -26,7 +27,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from jaxgpt.config import AnyPath, DataConfig, check_location, is_remote
-from jaxgpt.data import readers, remote
+from jaxgpt.data import encoding, readers, remote, web, wiki
 from jaxgpt.data.inputs import (  # noqa: F401  (re-exported: sources.Source, sources.ReadStats)
     BUILT_IN,
     MAX_PROBLEMS,
@@ -58,6 +59,8 @@ def parse_sources(spec: str) -> list[Source]:
         if kind not in BUILT_IN and not path:
             raise ValueError(f"data.sources: {item!r} needs a path, as in {kind}:PATH")
         _check_path(kind, path)
+        if kind == "warc":
+            web.require_resiliparse(f"data.sources: {item}")
         sources.append(Source(kind, path))
         weights.append(weight)
     if not sources:
@@ -103,26 +106,25 @@ def _check_path(kind: str, path: str) -> None:
         )
 
 
-def _read_text(path: AnyPath | Traversable, stats: ReadStats, strict: bool) -> str:
+def _read_text(
+    path: AnyPath | Traversable, stats: ReadStats, strict: bool, detect: bool = False
+) -> str:
+    """A file's text: a byte-order mark honored, else UTF-8 (or, detect, what
+    charset-normalizer finds), bad bytes replaced and counted (see encoding.decode_text)."""
     raw = path.read_bytes()
     stats.files += 1
     stats.input_bytes += len(raw)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if strict:
-            raise ValueError(f"{path}: not valid UTF-8 at byte {e.start} (data.strict=True)") from e
-        stats.bad_utf8_files += 1
-        stats.note(f"{path}: not valid UTF-8 at byte {e.start}; bad bytes replaced")
-        return raw.decode("utf-8", errors="replace")
+    return encoding.decode_text(raw, path, stats, strict, detect)
 
 
-def read_text(source: Source, split: str, stats: ReadStats, strict: bool, **_) -> Iterator[str]:
+def read_text(
+    source: Source, split: str, stats: ReadStats, strict: bool, detect_encoding: bool = False, **_
+) -> Iterator[str]:
     """Plain text files or folders; one document per file or per blank-line-separated block."""
     if split not in ("file", "blank_line"):
         raise ValueError(f"data.text_split={split!r} is not one of ('file', 'blank_line')")
     for path in source_files(source):
-        text = _read_text(path, stats, strict)
+        text = _read_text(path, stats, strict, detect_encoding)
         docs = [text] if split == "file" else [d for d in text.split("\n\n") if d.strip()]
         for doc in docs:
             if stats.keep(source, doc):
@@ -167,8 +169,9 @@ READERS: dict[str, Callable[..., Iterator[str]]] = {
     "text": read_text,
     "jsonl": readers.read_jsonl,
     "tfds": readers.read_tfds,
-    "wiki": readers.read_wiki,
-    "wet": readers.read_wet,
+    "wiki": wiki.read_wiki,
+    "wet": web.read_wet,
+    "warc": web.read_warc,
     "parquet": readers.read_parquet,
     "hf": readers.read_hf,
     "stdlib": read_stdlib,
@@ -188,6 +191,8 @@ def iter_documents(
     parquet_column: str = "text",
     hf_split: str = "train",
     hf_field: str = "text",
+    wiki_parser: str = "fast",
+    detect_encoding: bool = False,
 ) -> Iterator[str]:
     """Documents from every source in order (deterministic: files are sorted).
 
@@ -204,6 +209,9 @@ def iter_documents(
       parquet_column: the Parquet column that holds the text.
       hf_split: the split of an hf: dataset to read.
       hf_field: the hf: dataset's field (column) that holds the text.
+      wiki_parser: wiki sources: "fast" (wikitext.plain_text) or "mwparserfromhell".
+      detect_encoding: text and JSONL files without a byte-order mark that are not UTF-8 are
+        decoded as charset-normalizer finds (else bad bytes are replaced and counted).
     """
     options = dict(
         split=text_split,
@@ -215,6 +223,8 @@ def iter_documents(
         parquet_column=parquet_column,
         hf_split=hf_split,
         hf_field=hf_field,
+        wiki_parser=wiki_parser,
+        detect_encoding=detect_encoding,
     )
     for source in sources:
         yield from READERS[source.kind](source, stats=stats, **options)
@@ -234,6 +244,8 @@ def documents(cfg: DataConfig, stats: ReadStats) -> Iterator[str]:
         parquet_column=cfg.parquet_column,
         hf_split=cfg.hf_split,
         hf_field=cfg.hf_field,
+        wiki_parser=cfg.wiki_parser,
+        detect_encoding=cfg.detect_encoding,
     )
 
 

@@ -30,11 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from jaxgpt.config import is_remote
-from jaxgpt.config.data import DataConfig
+from jaxgpt.config.data import DataConfig, QualityConfig
+from jaxgpt.data import quality, wiki
 from jaxgpt.data import sources as sources_lib
 from jaxgpt.data.clean import CleanStats, clean_indexed
 from jaxgpt.data.dedup import DocumentKeys, KeyMaker
-from jaxgpt.data.inputs import MAX_PROBLEMS, ReadStats, Source, source_files
+from jaxgpt.data.inputs import BOUNDED_LISTS, MAX_PROBLEMS, ReadStats, Source, source_files
 
 BATCH_BYTES = 4_000_000  # raw text per batch: the unit of work and of worker memory
 AUTO_SPLIT_MIN_DOCS = 100  # fewer documents than this: hold out the tail of each instead
@@ -51,12 +52,13 @@ class ReadTask:
     index: int  # place in the task list: tasks are read, and ids ordered, in this order
     source: Source  # what the reader is given: the source narrowed to this one file
     spec: str  # the data.sources item it came from; keys the per-source counts
+    part: wiki.WikiPart | None = None  # a part of a multistream wiki dump (source: that file)
 
 
 # Kinds whose files are read one by one in order, so one file is a source of its own giving
 # exactly that file's documents. Others (a Hugging Face dataset dir, TFDS, the built-in
 # corpora) are one task each.
-PER_FILE_KINDS = ("text", "jsonl", "wiki", "wet", "parquet")
+PER_FILE_KINDS = ("text", "jsonl", "wiki", "wet", "warc", "parquet")
 
 
 def plan_tasks(cfg: DataConfig) -> list[ReadTask]:
@@ -66,7 +68,10 @@ def plan_tasks(cfg: DataConfig) -> list[ReadTask]:
         files = source_files(source) if source.kind in PER_FILE_KINDS else []
         for path in files or [None]:
             one = source if path is None else dataclasses.replace(source, path=_literal(path))
-            tasks.append(ReadTask(len(tasks), one, source.spec))
+            # A multistream dump is several tasks: parts of whole bz2 streams, read in parallel.
+            parts = wiki.plan_parts(path) if source.kind == "wiki" and path is not None else None
+            for part in parts or [None]:
+                tasks.append(ReadTask(len(tasks), one, source.spec, part))
     return tasks
 
 
@@ -104,7 +109,10 @@ def read_batches(task: ReadTask, options: dict, max_bytes: int = 0) -> Iterator[
     batch may be empty (it still carries the counts of what was read after the last one)."""
     max_bytes = max_bytes or BATCH_BYTES
     stats = ReadStats()
-    docs = sources_lib.iter_documents([task.source], stats, **options)
+    if task.part is not None:
+        docs = wiki.read_wiki_part(task.source, task.part, stats, **options)
+    else:
+        docs = sources_lib.iter_documents([task.source], stats, **options)
     texts: list[str] = []
     start, size, began = 0, 0, time.process_time()
     for doc in docs:
@@ -134,7 +142,7 @@ def merge_read_stats(into: ReadStats, other: ReadStats) -> None:
     """Add other into `into`, as if one reader had read both in order."""
     for f in dataclasses.fields(ReadStats):
         mine, theirs = getattr(into, f.name), getattr(other, f.name)
-        if f.name == "problems":
+        if f.name in BOUNDED_LISTS:
             mine.extend(theirs[: MAX_PROBLEMS - len(mine)])
         elif isinstance(mine, dict):
             for key, value in theirs.items():
@@ -168,10 +176,20 @@ class CleanBatch:
 def clean_batch(batch: RawBatch, cfg: DataConfig) -> CleanBatch:
     watch_memory()
     began, stats = time.process_time(), CleanStats()
-    kept = list(clean_indexed(batch.texts, cfg.clean, stats))
+    kept = list(clean_indexed(batch.texts, cfg.clean, stats, _quality_check(cfg.quality)))
     places = np.array([batch.start + i for i, _ in kept], dtype=np.int64)
     texts = [t for _, t in kept]
     return CleanBatch(batch.task, places, texts, stats, time.process_time() - began)
+
+
+_QUALITY_CHECKS: dict = {}  # one per process and quality config (the language model loads once)
+
+
+def _quality_check(cfg: QualityConfig) -> quality.Check | None:
+    if cfg not in _QUALITY_CHECKS:
+        _QUALITY_CHECKS.clear()
+        _QUALITY_CHECKS[cfg] = quality.make_check(cfg)
+    return _QUALITY_CHECKS[cfg]
 
 
 _KEY_MAKERS: dict = {}  # one per process and dedup config: it caches word hashes

@@ -25,6 +25,7 @@ from jaxgpt import metrics as metrics_lib
 from jaxgpt import profile_ops
 from jaxgpt import sharding as sharding_lib
 from jaxgpt.data.build import prepare_dataset
+from jaxgpt.data.dataset import DatasetInfo
 from jaxgpt.data.pipeline import TrainBatches, device_batches
 from jaxgpt.model import GPTConfig, count_params, flops_per_token
 from jaxgpt.run.meter import StepMeter
@@ -171,6 +172,14 @@ def _run_steps(compiled, state, batches, rng, meter: StepMeter, total: int) -> A
     return state
 
 
+def _model_config(rc: config_lib.RunConfig, data: DatasetInfo | None) -> GPTConfig:
+    """The model as training resolves it: vocabulary and end-of-text id from the data's
+    tokenizer; with synthetic batches, as plan estimates it."""
+    if data is None:
+        return resolve_model(rc)
+    return config_lib.model_config(rc.model, data.vocab_size, data.eot_id)
+
+
 def benchmark(
     config: ml_collections.ConfigDict,
     steps: int = 20,
@@ -196,9 +205,7 @@ def benchmark(
     rc = config_lib.run_config(config)
     start_runtime(rc, (rc.train.micro_batch_size,))
     data = None if data_dir is None else prepare_dataset(rc.data, data_dir, verbose=False)
-    model_cfg = (
-        resolve_model(rc) if data is None else config_lib.model_config(rc.model, data.vocab_size)
-    )
+    model_cfg = _model_config(rc, data)
     # The eval batch plays no part here: only the training batch must split over the mesh.
     trainer = build_trainer(rc, model_cfg, rc.train.steps, rc.train.micro_batch_size)
     state = trainer.init(jax.random.key(rc.train.seed))

@@ -126,7 +126,12 @@ def resolve_model(rc: config_lib.RunConfig) -> GPTConfig:
         )
     # An explicit size is checked against the real tokenizer when training starts.
     follow = rc.model.vocab_size == 0
-    return config_lib.model_config(rc.model, rc.data.tokenizer.vocab_size if follow else 0)
+    model = config_lib.model_config(rc.model, rc.data.tokenizer.vocab_size if follow else 0)
+    if model.doc_mask and model.eot_id < 0:
+        # The tokenizer's end-of-text id is known once the data is prepared; shapes and costs
+        # do not depend on which id it is (bench's synthetic batches mask at token 0).
+        model = dataclasses.replace(model, eot_id=0)
+    return model
 
 
 def peak_flops_for(device_kind: str, override: float = 0.0) -> float:

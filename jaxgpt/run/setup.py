@@ -130,7 +130,7 @@ def setup_training(config: ml_collections.ConfigDict, workdir: str | AnyPath) ->
         say(cpu_note)
     distributed.check_same_everywhere("config", config_lib.to_json(config))
     data = _prepare_data(rc, workdir)
-    model_cfg = config_lib.model_config(rc.model, data.vocab_size)
+    model_cfg = config_lib.model_config(rc.model, data.vocab_size, data.eot_id)
     batches, val = _batches(rc, data, model_cfg.block_size, say)
     steps = steps_for(rc.train, batches.n_windows)
     if rc.train.epochs:
@@ -205,6 +205,7 @@ def _batches(rc: RunConfig, data: DatasetInfo, seq_len: int, say) -> tuple[Train
 def _write_workdir_files(workdir: AnyPath, config, model_cfg: GPTConfig, data: DatasetInfo):
     resolved = json.loads(config_lib.to_json(config))
     resolved["model"]["vocab_size"] = model_cfg.vocab_size
+    resolved["model"]["eot_id"] = model_cfg.eot_id  # doc_mask reads it wherever the run loads
     (workdir / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
     (workdir / data.tokenizer_file).write_bytes(data.tokenizer_path.read_bytes())
 

@@ -84,6 +84,8 @@ def _prefill(
             k_BHSQ=big.k_BHSQ.at[slot_b, :, :P].set(small.k_BHSQ, mode="drop"),
             v_BHSQ=big.v_BHSQ.at[slot_b, :, :P].set(small.v_BHSQ, mode="drop"),
             length_B=put(big.length_B, small.length_B),
+            # doc_mask: each position's document start (width 0 without it)
+            start_BS=big.start_BS.at[slot_b, :P].set(small.start_BS, mode="drop"),
         )
         for big, small in zip(slots.caches, caches, strict=True)
     ]
