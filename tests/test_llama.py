@@ -237,8 +237,11 @@ def test_config_json_round_trip_and_refusals():
         fields = hf_config(cfg, 5, 5)
         # Both spellings of θ: transformers 4, vLLM and llama.cpp read the top-level one.
         assert fields["rope_theta"] == fields["rope_parameters"]["rope_theta"] == cfg.rope_theta
-        back = gpt_config_from_hf(fields)
-        assert back == dataclasses.replace(cfg, n_kv_head=cfg.kv_heads, mlp_hidden=cfg.mlp_dim)
+        back = gpt_config_from_hf(fields)  # eos (5) comes back as the end-of-text id
+        expected = dataclasses.replace(
+            cfg, n_kv_head=cfg.kv_heads, mlp_hidden=cfg.mlp_dim, eot_id=5
+        )
+        assert back == expected
     only_old_key = {**hf_config(llama()), "rope_parameters": None, "rope_theta": 1234.0}
     assert gpt_config_from_hf(only_old_key).rope_theta == 1234.0
     scaled = {**hf_config(llama()), "rope_parameters": {"rope_type": "llama3", "factor": 8.0}}

@@ -335,6 +335,10 @@ def gpt_config_from_hf(config: dict[str, Any], **overrides: Any) -> GPTConfig:
     """GPTConfig for a HF GPT-2, Llama or Qwen3 config.json; refuses variants jaxgpt computes
     differently."""
     model_type = config.get("model_type")
+    # The end-of-text id (model.eot_id, which doc_mask reads): jaxgpt exports it as eos.
+    eos, vocab = config.get("eos_token_id"), config.get("vocab_size", 50257)
+    if isinstance(eos, int) and 0 <= eos < vocab and "eot_id" not in overrides:
+        overrides = {**overrides, "eot_id": eos}
     if model_type in ("llama", "qwen3"):
         return llama.config_from_hf(config, **overrides)
     if model_type != "gpt2":
