@@ -357,7 +357,8 @@ def ray_cluster(tmp_path_factory):
     try:
         for extra in (head, [f"--address=127.0.0.1:{port}"]):
             run = subprocess.run(
-                [str(Path(sys.executable).parent / "ray"), "start", *extra, *common],
+                # ray's own CLI, through this interpreter (no `ray` script on PATH needed)
+                [sys.executable, "-m", "ray.scripts.scripts", "start", *extra, *common],
                 env=env, capture_output=True, text=True, timeout=120,
             )  # fmt: skip
             assert run.returncode == 0, run.stdout + run.stderr
