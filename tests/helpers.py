@@ -9,11 +9,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import ml_collections
 import numpy as np
 
 from jaxgpt import metrics as metrics_lib
-from jaxgpt.config import load_config_file, override
+from jaxgpt.config import load_config_file, override, run_config
+from jaxgpt.model import GPT
+from jaxgpt.optimizer import OptConfig, make_optimizer, make_schedule
+from jaxgpt.sharding import make_mesh
+from jaxgpt.state import make_trainer
 
 
 def tiny_config(corpus: Path, **overrides) -> ml_collections.ConfigDict:
@@ -74,3 +79,26 @@ def sft_config(jsonl, **overrides):
         "train.eval_every": 0,
     }
     return tiny_config(jsonl, **{**settings, **overrides})
+
+
+def mesh_steps(model_cfg, mesh_cfg, devices, steps: int = 2, token_high: int = 0):
+    """`steps` AdamW steps of model_cfg on `devices` laid out as mesh_cfg, on fixed random
+    batches of 16 rows (token ids below token_high, default the vocabulary): the per-step
+    metrics, the final params (on the host) and the final state. Compare a mesh with one
+    device by calling it twice."""
+    rules = run_config(load_config_file("tiny")).mesh.rules
+    opt = OptConfig(lr=1e-3, warmup_steps=1, weight_decay=0.1)
+    trainer = make_trainer(
+        GPT(model_cfg), make_optimizer(opt, 10), make_schedule(opt, 10),
+        make_mesh(mesh_cfg, devices), rules, 1,
+    )  # fmt: skip
+    state = trainer.init(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    history = []
+    for _ in range(steps):
+        shape = (16, model_cfg.block_size + 1)
+        batch = rng.integers(0, token_high or model_cfg.vocab_size, shape, np.int32)
+        batch = jax.device_put(batch, trainer.batch_sharding)
+        state, metrics = trainer.step(state, batch, jax.random.key(1))
+        history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+    return history, jax.device_get(state.params), state

@@ -21,11 +21,10 @@ from jaxgpt.configs import base
 from jaxgpt.decode.cache import KVCache, init_cache, set_lengths
 from jaxgpt.decode.generate import generate_batch, unscan_params
 from jaxgpt.model import GPT, GPTConfig, doc_starts
-from jaxgpt.optimizer import OptConfig, make_optimizer, make_schedule
 from jaxgpt.serve.decoder import Decoder
-from jaxgpt.sharding import MeshConfig, make_mesh
-from jaxgpt.state import make_trainer, next_token_loss
-from tests.helpers import tiny_config
+from jaxgpt.sharding import MeshConfig
+from jaxgpt.state import next_token_loss
+from tests.helpers import mesh_steps, tiny_config
 
 EOT = 3
 VOCAB = 64
@@ -191,33 +190,18 @@ def test_scanned_and_rematerialized_layers_agree_and_gradients_are_finite():
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
 
 
-def train_steps(cfg: GPTConfig, mesh_cfg: MeshConfig, devices, steps: int = 2):
-    """Losses and final params of `steps` steps on fixed packed batches (a token in 8 is EOT)."""
-    rules = run_config(base.get_config()).mesh.rules
-    opt = OptConfig(lr=1e-3, warmup_steps=1, weight_decay=0.1)
-    trainer = make_trainer(
-        GPT(cfg), make_optimizer(opt, 10), make_schedule(opt, 10),
-        make_mesh(mesh_cfg, devices), rules, 1,
-    )  # fmt: skip
-    state = trainer.init(jax.random.key(0))
-    rng = np.random.default_rng(0)
-    history = []
-    for _ in range(steps):
-        batch = rng.integers(0, 8, (16, cfg.block_size + 1), np.int32)  # 8 ids: EOT is common
-        batch = jax.device_put(batch, trainer.batch_sharding)
-        state, metrics = trainer.step(state, batch, jax.random.key(1))
-        history.append(float(metrics["loss"]))
-    return history, jax.device_get(state.params)
-
-
 @slow
 def test_sharded_train_step_equals_one_device():
     """data×fsdp×tensor = 2×2×2 with GQA heads split over tensor: the same losses and params
     as one device (float32, 1e-5)."""
     cfg = config("llama", n_embd=32, block_size=16)
     rules = run_config(base.get_config()).mesh.rules
-    ref_loss, ref_params = train_steps(cfg, MeshConfig(1, 1, 1, rules), jax.devices()[:1])
-    loss, params = train_steps(cfg, MeshConfig(2, 2, 2, rules), jax.devices())
+    # 8 token ids, so that EOT is common and documents are short
+    ref_hist, ref_params, _ = mesh_steps(
+        cfg, MeshConfig(1, 1, 1, rules), jax.devices()[:1], token_high=8
+    )
+    hist, params, _ = mesh_steps(cfg, MeshConfig(2, 2, 2, rules), jax.devices(), token_high=8)
+    loss, ref_loss = [h["loss"] for h in hist], [h["loss"] for h in ref_hist]
     assert loss == pytest.approx(ref_loss, abs=1e-5)
     diffs = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), ref_params, params)
     assert max(jax.tree.leaves(diffs)) < 1e-5

@@ -37,15 +37,14 @@ from jaxgpt.interop.hf import (
 )
 from jaxgpt.interop.hf_export import export_hf
 from jaxgpt.model import GPT, GPTConfig, count_params, output_table
-from jaxgpt.optimizer import OptConfig, make_optimizer, make_schedule
 from jaxgpt.run.loop import train
 from jaxgpt.run.scoring import evaluate
 from jaxgpt.serve.app import Settings, create_app
 from jaxgpt.serve.server import Options, load_backend
-from jaxgpt.sharding import MeshConfig, make_mesh
-from jaxgpt.state import make_trainer, next_token_loss
+from jaxgpt.sharding import MeshConfig
+from jaxgpt.state import next_token_loss
 from jaxgpt.workdir import load_run, restore_params
-from tests.helpers import losses, tiny_config
+from tests.helpers import losses, mesh_steps, tiny_config
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -394,31 +393,12 @@ def test_greedy_generation_follows_the_full_forward():
 # ---------------------------------------------------------------- sharding
 
 
-def run_steps(model_cfg: GPTConfig, mesh_cfg: MeshConfig, devices, steps: int = 2):
-    rules = run_config(load_config_file("tiny")).mesh.rules
-    opt = OptConfig(lr=1e-3, warmup_steps=1, weight_decay=0.1)
-    trainer = make_trainer(
-        GPT(model_cfg), make_optimizer(opt, 10), make_schedule(opt, 10),
-        make_mesh(mesh_cfg, devices), rules, 1,
-    )  # fmt: skip
-    state = trainer.init(jax.random.key(0))
-    rng = np.random.default_rng(0)
-    history = []
-    for _ in range(steps):
-        batch = rng.integers(0, model_cfg.vocab_size, (16, model_cfg.block_size + 1), np.int32)
-        state, metrics = trainer.step(
-            state, jax.device_put(batch, trainer.batch_sharding), jax.random.key(1)
-        )
-        history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
-    return history, jax.device_get(state.params), state
-
-
 def test_2x2x2_mesh_matches_one_device():
     """data×fsdp×tensor = 2×2×2 with GQA (4 query, 2 kv heads), QK-norm and an untied head:
     same losses, grad norms and params as one device; kv heads really split over tensor."""
     cfg = llama(n_kv_head=2, qk_norm=True, tie_embeddings=False, vocab_size=96)
-    ref_hist, ref_params, _ = run_steps(cfg, MeshConfig(1, 1, 1), jax.devices()[:1])
-    hist, params, state = run_steps(cfg, MeshConfig(2, 2, 2), jax.devices())
+    ref_hist, ref_params, _ = mesh_steps(cfg, MeshConfig(1, 1, 1), jax.devices()[:1])
+    hist, params, state = mesh_steps(cfg, MeshConfig(2, 2, 2), jax.devices())
     for ref, got in zip(ref_hist, hist, strict=True):
         assert got["loss"] == pytest.approx(ref["loss"], abs=1e-5)
         assert got["grad_norm"] == pytest.approx(ref["grad_norm"], abs=1e-5)
