@@ -282,13 +282,30 @@ def test_readers_fall_back_from_unreadable_params_without_moving_them(small_corp
 
 
 def _flip(step_dir: Path) -> None:
-    """XOR 16 bytes in the middle of every array data file: files that still parse, holding
-    other numbers (what a bad disk leaves; TensorStore alone does not notice)."""
-    for data in step_dir.glob("*/ocdbt.process_*/d/*"):
-        raw = bytearray(data.read_bytes())
-        middle = len(raw) // 2
-        raw[middle : middle + 16] = bytes(b ^ 0xFF for b in raw[middle : middle + 16])
-        data.write_bytes(bytes(raw))
+    """Invert four elements' bits in every params array of a checkpoint: chunks that still
+    parse, holding other numbers (what a bad disk leaves; TensorStore alone does not notice).
+
+    The chunks are rewritten through TensorStore rather than by XOR-ing bytes of the data files:
+    those are zstd-compressed, and whether a flipped byte there decodes to other numbers or
+    fails to decompress depends on how the (machine-dependent) values compressed."""
+    import tensorstore as ts
+
+    base = (step_dir / "default").resolve().as_uri() + "/"
+    store = ts.KvStore.open({"driver": "ocdbt", "base": base}).result()
+    names = [
+        key.decode().removesuffix("/.zarray")
+        for key in store.list().result()
+        if key.startswith(b"params.") and key.endswith(b"/.zarray")
+    ]
+    assert names, f"no params arrays in {step_dir}"
+    for name in names:
+        spec = {"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": base, "path": name + "/"}}
+        array = ts.open(spec).result()
+        values = array.read().result()
+        words = values.reshape(-1).view(np.uint32 if values.itemsize == 4 else np.uint16).copy()
+        middle = words.size // 2
+        words[middle : middle + 4] = ~words[middle : middle + 4]
+        array.write(words.view(values.dtype).reshape(values.shape)).result()
 
 
 def test_flipped_bytes_are_caught_by_the_checksums(small_corpus, tmp_path, capsys):
