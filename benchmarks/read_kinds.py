@@ -25,10 +25,8 @@ import json
 import multiprocessing
 import os
 import random
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -37,6 +35,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from data_inputs import write_wet  # noqa: E402
 from web_fixtures import page, write_warc  # noqa: E402
+from web_read import timed  # noqa: E402
 from wiki_fixtures import generate_pages, multistream  # noqa: E402
 
 from jaxgpt.config.data import DataConfig  # noqa: E402
@@ -114,15 +113,6 @@ def read_task(task: stages.ReadTask, options: dict, cfg: DataConfig) -> tuple[in
         docs += len(texts)
         size += sum(len(t.encode()) for t in texts)
     return docs, size
-
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        began = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times), result
 
 
 def measure(source: str, repeats: int, pool: cf.ProcessPoolExecutor) -> dict:

@@ -21,7 +21,7 @@ import threading
 from typing import BinaryIO
 
 from jaxgpt.config import AnyPath
-from jaxgpt.data.inputs import ReadStats
+from jaxgpt.data.inputs import FillingReader, ReadStats
 
 READ_CHUNK = 1 << 20
 # UTF-32 first: its little-endian mark FF FE 00 00 starts with UTF-16-LE's FF FE.
@@ -128,7 +128,7 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-class _Transcoding(io.RawIOBase):
+class _Transcoding(FillingReader):
     """UTF-8 bytes of a stream in another encoding (or UTF-8 to check): bad sequences replaced
     and counted, or, strict, a ValueError naming the file and byte. xml=True rewrites the
     declaration's encoding to utf-8, else expat would decode the UTF-8 bytes a second time."""
@@ -139,17 +139,6 @@ class _Transcoding(io.RawIOBase):
         self._decoder = codecs.getincrementaldecoder(encoding)("strict" if strict else REPLACE)
         self._out, self._fed, self._first, self._eof = memoryview(b""), 0, True, False
         self.replaced = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        while not self._out and not self._eof:
-            self._fill()
-        n = min(len(buffer), len(self._out))
-        buffer[:n] = self._out[:n]
-        self._out = self._out[n:]
-        return n
 
     def _fill(self) -> None:
         chunk = self._stream.read(READ_CHUNK)

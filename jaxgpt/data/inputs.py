@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import glob
 import hashlib
+import io
 import json
 import os
 import re
@@ -46,6 +47,28 @@ HF_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?(:[\w.+-]+)?")
 NOT_FILES = (*BUILT_IN, "tfds")  # kinds whose spec names no file on disk
 MAX_PROBLEMS = 20
 BOUNDED_LISTS = ("problems", "no_documents")  # ReadStats lists that keep the first MAX_PROBLEMS
+
+
+class FillingReader(io.RawIOBase):
+    """A raw byte stream made a chunk at a time: a subclass's _fill() sets self._out (the next
+    bytes) or self._eof; readers wrap it in io.BufferedReader."""
+
+    _out: memoryview = memoryview(b"")
+    _eof: bool = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._out and not self._eof:
+            self._fill()
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def _fill(self) -> None:
+        raise NotImplementedError
 
 
 class CorruptInputError(ValueError):

@@ -24,6 +24,7 @@ from jaxgpt.config import AnyPath, is_remote
 from jaxgpt.data import encoding, remote
 from jaxgpt.data.inputs import (
     CorruptInputError,
+    FillingReader,
     ReadStats,
     Source,
     corrupt,
@@ -43,7 +44,7 @@ ARROW_BATCH_ROWS = 1024
 # ---------------------------------------------------------------- opening and decoding
 
 
-class _ZstdReader(io.RawIOBase):
+class _ZstdReader(FillingReader):
     """Streaming .zst decompression that, unlike zstandard.stream_reader, notices truncation."""
 
     def __init__(self, fh: BinaryIO):
@@ -52,17 +53,6 @@ class _ZstdReader(io.RawIOBase):
         # Large windows let files made with `zstd --long=31` (common for web corpora) decode.
         self._dctx = zstandard.ZstdDecompressor(max_window_size=2**31)
         self._fh, self._dobj, self._out, self._eof = fh, None, memoryview(b""), False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        while not self._out and not self._eof:
-            self._fill()
-        n = min(len(buffer), len(self._out))
-        buffer[:n] = self._out[:n]
-        self._out = self._out[n:]
-        return n
 
     def _fill(self) -> None:
         chunk = self._fh.read(READ_CHUNK)

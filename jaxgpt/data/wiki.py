@@ -21,7 +21,6 @@ import bisect
 import bz2
 import contextlib
 import dataclasses
-import io
 import itertools
 import re
 import xml.etree.ElementTree as ET
@@ -32,6 +31,7 @@ from jaxgpt.config import AnyPath, is_remote
 from jaxgpt.data import encoding, wikitext
 from jaxgpt.data.inputs import (
     CorruptInputError,
+    FillingReader,
     ReadStats,
     Source,
     corrupt,
@@ -206,7 +206,7 @@ class WikiPart:
     last: bool  # the file's last part (its data ends with </mediawiki>)
 
 
-class _PartStream(io.RawIOBase):
+class _PartStream(FillingReader):
     """The XML of one part: the header stream, the part's streams, and </mediawiki> unless the
     part is the last; a stream that does not end by the part's end is CorruptInputError."""
 
@@ -215,23 +215,14 @@ class _PartStream(io.RawIOBase):
         self._pos, self._stream_at, self._dec = part.start, part.start, bz2.BZ2Decompressor()
         self._out = memoryview(b"" if part.start == 0 else _header(self._fh, part))
         self._fh.seek(part.start)
-        self._done = False
 
-    def readable(self) -> bool:
-        return True
+    def _fill(self) -> None:
+        self._out = memoryview(self._next_bytes())
 
-    def readinto(self, buffer) -> int:
-        while not self._out and not self._done:
-            self._out = memoryview(self._fill())
-        n = min(len(buffer), len(self._out))
-        buffer[:n] = self._out[:n]
-        self._out = self._out[n:]
-        return n
-
-    def _fill(self) -> bytes:
+    def _next_bytes(self) -> bytes:
         chunk = self._fh.read(min(READ_CHUNK, self._part.end - self._pos))
         if not chunk:
-            self._done = True
+            self._eof = True
             if self._pos < self._part.end or not self._dec.eof:
                 raise CorruptInputError(
                     f"{self._part.path}: the bz2 stream at byte {self._stream_at:,} ends "
