@@ -16,9 +16,17 @@ Blocks over 64 MiB in those arenas are mmapped whatever the settings: a larger m
 still fault (docs/performance.md has the figures and the jemalloc way round it; one arena for
 every thread would stop that too, but costs the tiny step 25-30% in malloc contention).
 
+Those blocks are mapped in 2 MiB transparent huge pages instead when glibc is told so
+(`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, glibc 2.35 and later): 512 times fewer faults. A
+tunable is read only when a process starts, so `python -m jaxgpt.<command>` for the commands
+that run compiled steps restarts itself with it (`restart_with_huge_pages`, called from
+jaxgpt/__init__.py before anything else is imported; same process id, arguments and
+environment). Measured here: a 4-layer, width-384, T=256 step 1,058-1,096 → 868-963 ms on one
+device and 998 → 920 ms on two, faults 198,000 → 600 per step; the tiny step ±0 to -6%.
+
 Only glibc on Linux is touched. The change is process-wide, so only the commands that run
 compiled steps call it (train, bench, evaluate, generate, serve); JAXGPT_KEEP_HOST_MEMORY=0
-turns it off.
+turns both off.
 """
 
 from __future__ import annotations
@@ -35,7 +43,53 @@ _M_MMAP_MAX = -4
 TRIM_THRESHOLD_BYTES = 1 << 30
 THREAD_HEAP_BYTES = 64 << 20  # glibc's HEAP_MAX_SIZE on 64-bit hosts
 
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+# The commands that run compiled steps, as `python -m` names them.
+STEP_COMMANDS = (
+    "jaxgpt.train",
+    "jaxgpt.bench",
+    "jaxgpt.evaluate",
+    "jaxgpt.generate",
+    "jaxgpt.serve",
+)
+
 _applied: bool | None = None
+
+
+def huge_pages_restart(
+    orig_argv: list[str], environ: dict[str, str], glibc: str
+) -> tuple[list[str], dict[str, str]] | None:
+    """The (argv, environment) to restart this process with so that glibc maps large blocks in
+    huge pages, or None when it needs no restart: not a `python -m <step command>` run, the
+    tunable already set (the restarted process), turned off, or glibc older than 2.35 (`glibc`
+    is what confstr CS_GNU_LIBC_VERSION says, "" off glibc)."""
+    if environ.get("JAXGPT_KEEP_HOST_MEMORY", "1") == "0":
+        return None
+    if "glibc.malloc.hugetlb" in environ.get("GLIBC_TUNABLES", ""):
+        return None
+    version = glibc.removeprefix("glibc ").split(".")
+    if not glibc.startswith("glibc ") or tuple(int(v) for v in version[:2]) < (2, 35):
+        return None
+    module = next((orig_argv[i + 1] for i, a in enumerate(orig_argv[:-1]) if a == "-m"), None)
+    if module not in STEP_COMMANDS:
+        return None
+    tunables = ":".join(t for t in (environ.get("GLIBC_TUNABLES", ""), HUGE_PAGES_TUNABLE) if t)
+    return orig_argv, {**environ, "GLIBC_TUNABLES": tunables}
+
+
+def restart_with_huge_pages() -> None:
+    """Replace this process by the same command with glibc's huge-page tunable set, when
+    `huge_pages_restart` says so; returns (doing nothing) otherwise."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        glibc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (ValueError, OSError):
+        return
+    restart = huge_pages_restart(list(getattr(sys, "orig_argv", [])), dict(os.environ), glibc)
+    if restart is not None:
+        argv, environ = restart
+        os.execve(sys.executable, [sys.executable, *argv[1:]], environ)
 
 
 def keep_freed_memory() -> bool:

@@ -6,12 +6,21 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
-from jaxgpt import cpu_devices
+from jaxgpt import cpu_devices, host_memory
 from jaxgpt.sharding import MeshConfig
 from tests.conftest import REPO
+
+
+def _glibc() -> str:
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (ValueError, OSError, AttributeError):
+        return ""
 
 
 def _run(code: str, env_extra: dict[str, str] | None = None) -> dict:
@@ -154,3 +163,70 @@ def test_configure_after_jax_started_does_nothing(monkeypatch):
     assert cpu_devices.configure(0, MeshConfig(), (12,)) is None
     with pytest.raises(ValueError, match=r"mesh\.cpu_devices"):
         cpu_devices.configure(-1, MeshConfig(), (12,))
+
+
+@pytest.mark.parametrize(
+    "argv, environ, glibc, restarts",
+    [
+        (["python", "-m", "jaxgpt.train", "--workdir", "w"], {}, "glibc 2.36", True),
+        (["python", "-X", "importtime", "-m", "jaxgpt.serve"], {}, "glibc 2.35", True),
+        (["python", "-m", "jaxgpt.prepare"], {}, "glibc 2.36", False),  # runs no steps
+        (["python", "-m", "pytest", "tests"], {}, "glibc 2.36", False),  # a library import
+        (["python", "-c", "import jaxgpt"], {}, "glibc 2.36", False),
+        (["python", "-m", "jaxgpt.train"], {}, "glibc 2.34", False),  # no such tunable yet
+        (["python", "-m", "jaxgpt.train"], {}, "", False),  # not glibc
+        (["python", "-m", "jaxgpt.train"], {"JAXGPT_KEEP_HOST_MEMORY": "0"}, "glibc 2.36", False),
+        (
+            ["python", "-m", "jaxgpt.train"],
+            {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"},
+            "glibc 2.36",
+            False,
+        ),
+    ],
+)
+def test_which_runs_restart_with_huge_pages(argv, environ, glibc, restarts):
+    restart = host_memory.huge_pages_restart(argv, environ, glibc)
+    assert (restart is not None) == restarts
+    if restart:
+        assert restart[0] == argv and restart[1]["GLIBC_TUNABLES"] == host_memory.HUGE_PAGES_TUNABLE
+
+
+def test_other_tunables_are_kept_on_restart():
+    environ = {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0", "HOME": "/h"}
+    _, env = host_memory.huge_pages_restart(["python", "-m", "jaxgpt.bench"], environ, "glibc 2.36")
+    assert env == {
+        "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0:glibc.malloc.hugetlb=1",
+        "HOME": "/h",
+    }
+
+
+@pytest.mark.skipif(
+    host_memory.huge_pages_restart(["python", "-m", "jaxgpt.train"], {}, _glibc()) is None,
+    reason="glibc older than 2.35 (or not glibc): no huge-page tunable to restart with",
+)
+@pytest.mark.e2e
+def test_train_command_runs_with_the_huge_page_tunable(tmp_path):
+    """The environment of the running `python -m jaxgpt.train` (what /proc shows of the
+    process image after the restart) carries the tunable; same process id."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "GLIBC_TUNABLES")}
+    command = [sys.executable, "-m", "jaxgpt.train", "--config", "tiny", "--workdir"]
+    process = subprocess.Popen(
+        [*command, str(tmp_path / "run")],
+        cwd=tmp_path,
+        env={**env, "JAX_PLATFORMS": "cpu"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    environ = Path(f"/proc/{process.pid}/environ")
+    try:
+        deadline = time.monotonic() + 60
+        seen = b""
+        while time.monotonic() < deadline and process.poll() is None:
+            seen = environ.read_bytes()
+            if host_memory.HUGE_PAGES_TUNABLE.encode() in seen:
+                break
+            time.sleep(0.05)
+        assert b"GLIBC_TUNABLES=" + host_memory.HUGE_PAGES_TUNABLE.encode() in seen.split(b"\0")
+    finally:
+        process.kill()
+        process.wait()
