@@ -131,3 +131,6 @@ def test_cli_prints_report_and_json():
     n_devices = cpu_devices.auto_count(MeshConfig(), (8,), cpu_devices.usable_cores())
     assert summary["steps"] == 2 and summary["n_devices"] == n_devices and summary["mfu"] is None
     assert summary["median_step_ms"] > 0
+    # Two timed steps: their mean is their midpoint, between the 10th and 90th percentiles.
+    assert summary["p10_step_ms"] <= summary["mean_step_ms"] <= summary["p90_step_ms"]
+    assert any(line.startswith("step") and " mean " in line for line in lines)
