@@ -237,11 +237,12 @@ def test_a_full_disk_fails_clearly_and_a_rerun_after_freeing_space_resumes(
     checkpoint = _disk_bytes(small_disk / "reference" / "checkpoints" / "20")
     needed = _disk_bytes(small_disk / "reference")  # its small files and one checkpoint
     reference = Path(shutil.move(small_disk / "reference", tmp_path / "reference"))
-    # Room for the small files and 1.5 checkpoints: the first checkpoint fits, the second
-    # (written before the first is rotated out, ckpt.keep=1) does not.
+    # Room for the small files and 1.75 checkpoints: the first checkpoint fits, the second
+    # (written before the first is rotated out, ckpt.keep=1) does not. (1.5 left the first one
+    # short once in three full-suite runs under load.)
     free = shutil.disk_usage(small_disk).free
     filler = small_disk / "filler"
-    filler.write_bytes(b"\0" * (free - needed - checkpoint // 2))
+    filler.write_bytes(b"\0" * (free - needed - 3 * checkpoint // 4))
     workdir = small_disk / "run"
     with pytest.raises((CheckpointWriteError, OSError)) as e:
         train(tiny_config(small_corpus, **settings), workdir)
