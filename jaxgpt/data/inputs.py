@@ -50,8 +50,8 @@ BOUNDED_LISTS = ("problems", "no_documents")  # ReadStats lists that keep the fi
 
 
 class FillingReader(io.RawIOBase):
-    """A raw byte stream made a chunk at a time: a subclass's _fill() sets self._out (the next
-    bytes) or self._eof; readers wrap it in io.BufferedReader."""
+    """A raw byte stream made a chunk at a time. Subclasses define `_fill()`, which sets
+    self._out (the next bytes) or self._eof; readers wrap them in io.BufferedReader."""
 
     _out: memoryview = memoryview(b"")
     _eof: bool = False
@@ -66,9 +66,6 @@ class FillingReader(io.RawIOBase):
         buffer[:n] = self._out[:n]
         self._out = self._out[n:]
         return n
-
-    def _fill(self) -> None:
-        raise NotImplementedError
 
 
 class CorruptInputError(ValueError):
