@@ -25,8 +25,8 @@ environment). Measured here: a 4-layer, width-384, T=256 step 1,058-1,096 → 86
 device and 998 → 920 ms on two, faults 198,000 → 600 per step; the tiny step ±0 to -6%.
 
 Only glibc on Linux is touched. The change is process-wide, so only the commands that run
-compiled steps call it (train, bench, evaluate, generate, serve); JAXGPT_KEEP_HOST_MEMORY=0
-turns both off.
+compiled steps call it (train, bench, evaluate, generate, serve, lm_eval_model and its
+jaxgpt-lm-eval script); JAXGPT_KEEP_HOST_MEMORY=0 turns both off.
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ STEP_COMMANDS = (
     "jaxgpt.evaluate",
     "jaxgpt.generate",
     "jaxgpt.serve",
+    "jaxgpt.lm_eval_model",
 )
+# The same, as console scripts (pyproject.toml's [project.scripts]).
+STEP_SCRIPTS = ("jaxgpt-lm-eval",)
 
 _applied: bool | None = None
 
@@ -70,11 +73,21 @@ def huge_pages_restart(
     version = glibc.removeprefix("glibc ").split(".")
     if not glibc.startswith("glibc ") or tuple(int(v) for v in version[:2]) < (2, 35):
         return None
-    module = next((orig_argv[i + 1] for i, a in enumerate(orig_argv[:-1]) if a == "-m"), None)
-    if module not in STEP_COMMANDS:
+    if _step_command(orig_argv) is None:
         return None
     tunables = ":".join(t for t in (environ.get("GLIBC_TUNABLES", ""), HUGE_PAGES_TUNABLE) if t)
     return orig_argv, {**environ, "GLIBC_TUNABLES": tunables}
+
+
+def _step_command(orig_argv: list[str]) -> str | None:
+    """The step command `orig_argv` runs (`python -m jaxgpt.train ...` or a console script,
+    which runs as `python /path/to/bin/jaxgpt-lm-eval ...`), else None."""
+    if "-m" in orig_argv[:-1]:
+        module = orig_argv[orig_argv.index("-m") + 1]
+        return module if module in STEP_COMMANDS else None
+    script = next((a for a in orig_argv[1:] if not a.startswith("-")), None)
+    name = script and os.path.basename(script)
+    return name if "-c" not in orig_argv and name in STEP_SCRIPTS else None
 
 
 def restart_with_huge_pages() -> None:

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from jaxgpt import cpu_devices
+from jaxgpt import cpu_devices, host_memory
 from jaxgpt import sharding as sharding_lib
 from jaxgpt.config.run import MeshConfig, Rules
 from jaxgpt.config.tree import from_dict
@@ -557,6 +557,7 @@ def cli() -> None:
     in its registry (no plugin entry points), so this registers ours, then hands over.
     `python -m jaxgpt.lm_eval_model --model jaxgpt --model_args workdir=DIR --tasks ...`."""
     register()
+    host_memory.keep_freed_memory()  # a command, like jaxgpt.evaluate: the process is ours
     from lm_eval.__main__ import cli_evaluate
 
     cli_evaluate()

@@ -170,7 +170,11 @@ def test_configure_after_jax_started_does_nothing(monkeypatch):
     [
         (["python", "-m", "jaxgpt.train", "--workdir", "w"], {}, "glibc 2.36", True),
         (["python", "-X", "importtime", "-m", "jaxgpt.serve"], {}, "glibc 2.35", True),
+        (["python", "-m", "jaxgpt.lm_eval_model", "--tasks", "t"], {}, "glibc 2.36", True),
+        (["/v/bin/python", "/v/bin/jaxgpt-lm-eval", "--model", "jaxgpt"], {}, "glibc 2.36", True),
+        (["python", "-c", "print()", "/v/bin/jaxgpt-lm-eval"], {}, "glibc 2.36", False),
         (["python", "-m", "jaxgpt.prepare"], {}, "glibc 2.36", False),  # runs no steps
+        (["python", "/v/bin/jaxgpt-prepare"], {}, "glibc 2.36", False),
         (["python", "-m", "pytest", "tests"], {}, "glibc 2.36", False),  # a library import
         (["python", "-c", "import jaxgpt"], {}, "glibc 2.36", False),
         (["python", "-m", "jaxgpt.train"], {}, "glibc 2.34", False),  # no such tunable yet
