@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,32 @@ def one_line(error: BaseException, limit: int = 240) -> str:
     first = next((line for line in str(error).splitlines() if line.strip()), "")
     text = f"{type(error).__name__}: {first.strip()}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def quiet_abandoned_reads() -> None:
+    """Drop the "Event loop is closed" reports of the reads a failed restore left behind.
+
+    When one array of a checkpoint cannot be read, Orbax's restore fails at once and closes its
+    event loop while TensorStore finishes the checkpoint's other reads; each of those then
+    reports through sys.unraisablehook that it could not call back into the closed loop: a
+    screenful of tracebacks (26 for a 2-layer model) after the one line that names the
+    unreadable checkpoint, saying nothing more. Those are dropped; any other unraisable
+    exception goes on to the hook that was there. Idempotent."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_reports", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        error = unraisable.exc_value
+        if not (
+            unraisable.object is None
+            and isinstance(error, RuntimeError)
+            and str(error) == "Event loop is closed"
+        ):
+            previous(unraisable)
+
+    hook.drops_closed_loop_reports = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def move_aside(step_dir: AnyPath) -> AnyPath:
@@ -209,6 +236,7 @@ class Checkpointer:
         can be read this raises UnreadableCheckpointsError (nothing is moved). A checkpoint of
         another model config raises CheckpointMismatchError: that is not a damaged file."""
         problems: list[tuple[int, str]] = []
+        quiet_abandoned_reads()
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 state = self.restore(abstract_state, step)
@@ -297,6 +325,10 @@ class BestCheckpoint:
         self.history = [h for h in self.history if h[0] != step] + [(step, eval_loss)]
         improved = previous is None or eval_loss < previous[1]
         if improved and self.manager is not None:
+            if step in self.manager.all_steps():
+                # A rerun redoing this eval (the run stopped after saving it but before the
+                # checkpoint of this step was committed): today's params replace those.
+                self.manager.delete(step)
             self.manager.save(step, args=_save_args({"params": params}), force=True)
             self.manager.wait_until_finished()
         if jax.process_index() == 0:

@@ -20,6 +20,7 @@ from jaxgpt.checkpoint import (
     manager_options,
     none_readable_message,
     one_line,
+    quiet_abandoned_reads,
 )
 from jaxgpt.config import AnyPath
 from jaxgpt.data.tokenizer import tokenizer_from_bytes
@@ -64,6 +65,7 @@ def restore_params(
     if not candidates:
         raise FileNotFoundError(f"no checkpoints in {checkpoints}")
     problems = []
+    quiet_abandoned_reads()
     for directory, candidate in candidates:
         try:
             return _restore_params(directory, candidate)
@@ -82,9 +84,14 @@ def _stderr(message: str) -> None:
 def _restore_params(directory: AnyPath, step: int | None) -> tuple[dict[str, Any], int]:
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoints in {directory}")
+    # Both items a step holds have a handler, or Orbax warns that "checksums" cannot be
+    # restored (they are compared in _verify).
     manager = ocp.CheckpointManager(
         directory,
-        item_handlers=ocp.PyTreeCheckpointHandler(),
+        item_handlers={
+            "default": ocp.PyTreeCheckpointHandler(),
+            "checksums": ocp.JsonCheckpointHandler(),
+        },
         options=manager_options(directory, create=False),
     )
     try:
@@ -94,18 +101,20 @@ def _restore_params(directory: AnyPath, step: int | None) -> tuple[dict[str, Any
         step = max(steps) if step is None else step
         if step not in steps:
             raise FileNotFoundError(f"no checkpoint for step {step} in {directory} (have {steps})")
-        tree = manager.item_metadata(step)
+        tree = manager.item_metadata(step)["default"]
         shapes = getattr(tree, "tree", tree)["params"]
         # Restoring as numpy skips the optimizer state and the training run's device layout.
         numpy_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), shapes)
         restored = manager.restore(
             step,
-            args=ocp.args.PyTreeRestore(
-                item={"params": jax.tree.map(lambda m: np.zeros((), m.dtype), shapes)},
-                restore_args={"params": numpy_args},
-                partial_restore=True,
+            args=ocp.args.Composite(
+                default=ocp.args.PyTreeRestore(
+                    item={"params": jax.tree.map(lambda m: np.zeros((), m.dtype), shapes)},
+                    restore_args={"params": numpy_args},
+                    partial_restore=True,
+                )
             ),
-        )
+        ).default
     finally:
         manager.close()
     _verify(directory / str(step), restored["params"])

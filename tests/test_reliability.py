@@ -4,8 +4,10 @@ checkpoints, metrics that stay exactly-once across restarts (docs/reliability.md
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import flax.linen as nn
@@ -23,6 +25,7 @@ from jaxgpt.run.loop import train
 from jaxgpt.run.nonfinite import NonFiniteError
 from jaxgpt.state import TrainState, train_step
 from jaxgpt.workdir import restore_params
+from tests.conftest import REPO
 from tests.helpers import losses, tiny_config
 
 DIVERGE = {"opt.lr": 1e30, "opt.warmup_steps": 0}
@@ -280,9 +283,39 @@ def test_readers_fall_back_from_unreadable_params_without_moving_them(small_corp
     assert (workdir / "checkpoints" / "10").is_dir()  # readers never move files
     with pytest.raises(Exception, match="params"):
         restore_params(workdir, 10)  # asked for by number: no silent substitute
+    # On the command line that is the two lines naming them, nothing more: neither the reports
+    # of the reads Orbax abandoned ("Event loop is closed", dozens) nor its warnings.
+    done = subprocess.run(
+        [sys.executable, "-m", "jaxgpt.generate", "--workdir", str(workdir), "--max_tokens", "4"],
+        cwd=REPO, env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout, done.stderr
+    said = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(said) == 2 and all("cannot be read" in line for line in said), done.stderr
     _corrupt(workdir / "checkpoints" / "5")
     with pytest.raises(UnreadableCheckpointsError, match="none of the 3 checkpoint"):
         restore_params(workdir, warn=warnings.append)
+
+
+def test_a_rerun_that_redoes_the_best_eval_replaces_its_params(small_corpus, tmp_path):
+    """Stopped after step 10's eval saved best/10 but before checkpoint 10 was committed (here:
+    removed): the rerun resumes from 5, redoes the eval at 10 and saves best/10 again, the same
+    params bit for bit (it used to fail with StepAlreadyExistsError)."""
+    workdir = tmp_path / "run"
+    settings = {"train.steps": 10, "ckpt.keep_best": True}
+    train(tiny_config(small_corpus, **settings), workdir)
+    first, step = restore_params(workdir)
+    assert step == 10
+    shutil.rmtree(workdir / "checkpoints" / "10")
+    summary = train(tiny_config(small_corpus, **settings), workdir)
+    assert summary.start_step == 5
+    again, step = restore_params(workdir)
+    assert step == 10 and sorted(p.name for p in (workdir / "best").iterdir()) == [
+        "10",
+        "best.json",
+    ]
+    assert jax.tree.all(jax.tree.map(np.array_equal, first, again))
 
 
 def _flip(step_dir: Path) -> None:
