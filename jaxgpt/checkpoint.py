@@ -83,6 +83,18 @@ def one_line(error: BaseException, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def restore_with_checksums(
+    manager: ocp.CheckpointManager, step_dir: AnyPath, arrays: ocp.args.CheckpointArgs
+) -> tuple[Any, dict[str, Any] | None]:
+    """A step's arrays ("default", restored with `arrays`) and the checksums saved with them,
+    None for a checkpoint written before checksums existed."""
+    items = {"default": arrays}
+    if (step_dir / "checksums").is_dir():
+        items["checksums"] = ocp.args.JsonRestore()
+    restored = manager.restore(int(step_dir.name), args=ocp.args.Composite(**items))
+    return restored.default, restored.get("checksums")
+
+
 def quiet_abandoned_reads() -> None:
     """Drop the "Event loop is closed" reports of the reads a failed restore left behind.
 
@@ -218,14 +230,13 @@ class Checkpointer:
     def _restore_checked(self, step: int, target: Any) -> Any:
         """Restore and compare the arrays' checksums with the saved ones (when the checkpoint
         has them: older ones do not)."""
-        items = {"default": ocp.args.StandardRestore(target)}
-        has_sums = (self.directory / str(step) / "checksums").is_dir()
-        if has_sums:
-            items["checksums"] = ocp.args.JsonRestore()
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        if has_sums and (bad := mismatches(restored.checksums, checksums(restored.default))):
-            raise ValueError(mismatch_message(f"checkpoint {self.directory / str(step)}", bad))
-        return restored.default
+        step_dir = self.directory / str(step)
+        state, sums = restore_with_checksums(
+            self.manager, step_dir, ocp.args.StandardRestore(target)
+        )
+        if sums is not None and (bad := mismatches(sums, checksums(state))):
+            raise ValueError(mismatch_message(f"checkpoint {step_dir}", bad))
+        return state
 
     def restore_latest(
         self, abstract_state: Any, say: Callable[[str], None] = print

@@ -63,9 +63,9 @@ def huge_pages_restart(
     orig_argv: list[str], environ: dict[str, str], glibc: str
 ) -> tuple[list[str], dict[str, str]] | None:
     """The (argv, environment) to restart this process with so that glibc maps large blocks in
-    huge pages, or None when it needs no restart: not a `python -m <step command>` run, the
-    tunable already set (the restarted process), turned off, or glibc older than 2.35 (`glibc`
-    is what confstr CS_GNU_LIBC_VERSION says, "" off glibc)."""
+    huge pages, or None when it needs no restart: not a step command (`python -m` or its
+    console script), the tunable already set (the restarted process), turned off, or glibc
+    older than 2.35 (`glibc` is what confstr CS_GNU_LIBC_VERSION says, "" off glibc)."""
     if environ.get("JAXGPT_KEEP_HOST_MEMORY", "1") == "0":
         return None
     if "glibc.malloc.hugetlb" in environ.get("GLIBC_TUNABLES", ""):
@@ -81,13 +81,21 @@ def huge_pages_restart(
 
 def _step_command(orig_argv: list[str]) -> str | None:
     """The step command `orig_argv` runs (`python -m jaxgpt.train ...` or a console script,
-    which runs as `python /path/to/bin/jaxgpt-lm-eval ...`), else None."""
-    if "-m" in orig_argv[:-1]:
-        module = orig_argv[orig_argv.index("-m") + 1]
-        return module if module in STEP_COMMANDS else None
-    script = next((a for a in orig_argv[1:] if not a.startswith("-")), None)
-    name = script and os.path.basename(script)
-    return name if "-c" not in orig_argv and name in STEP_SCRIPTS else None
+    which runs as `python /path/to/bin/jaxgpt-lm-eval ...`), else None. The interpreter's own
+    options come first; the module or script ends them."""
+    args = iter(orig_argv[1:])
+    for arg in args:
+        if arg == "-m":
+            module = next(args, None)
+            return module if module in STEP_COMMANDS else None
+        if arg == "-c":
+            return None
+        if arg in ("-X", "-W"):  # the options that take a separate value
+            next(args, None)
+        elif not arg.startswith("-"):
+            name = os.path.basename(arg)
+            return name if name in STEP_SCRIPTS else None
+    return None
 
 
 def restart_with_huge_pages() -> None:

@@ -21,6 +21,7 @@ from jaxgpt.checkpoint import (
     none_readable_message,
     one_line,
     quiet_abandoned_reads,
+    restore_with_checksums,
 )
 from jaxgpt.config import AnyPath
 from jaxgpt.data.tokenizer import tokenizer_from_bytes
@@ -84,8 +85,7 @@ def _stderr(message: str) -> None:
 def _restore_params(directory: AnyPath, step: int | None) -> tuple[dict[str, Any], int]:
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoints in {directory}")
-    # Both items a step holds have a handler, or Orbax warns that "checksums" cannot be
-    # restored (they are compared in _verify).
+    # Both items a step holds have a handler, or Orbax warns that "checksums" cannot be restored.
     manager = ocp.CheckpointManager(
         directory,
         item_handlers={
@@ -105,30 +105,21 @@ def _restore_params(directory: AnyPath, step: int | None) -> tuple[dict[str, Any
         shapes = getattr(tree, "tree", tree)["params"]
         # Restoring as numpy skips the optimizer state and the training run's device layout.
         numpy_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), shapes)
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                default=ocp.args.PyTreeRestore(
-                    item={"params": jax.tree.map(lambda m: np.zeros((), m.dtype), shapes)},
-                    restore_args={"params": numpy_args},
-                    partial_restore=True,
-                )
+        restored, sums = restore_with_checksums(
+            manager,
+            directory / str(step),
+            ocp.args.PyTreeRestore(
+                item={"params": jax.tree.map(lambda m: np.zeros((), m.dtype), shapes)},
+                restore_args={"params": numpy_args},
+                partial_restore=True,
             ),
-        ).default
+        )
     finally:
         manager.close()
-    _verify(directory / str(step), restored["params"])
-    return restored["params"], step
-
-
-def _verify(step_dir: AnyPath, params: dict[str, Any]) -> None:
-    """The params' checksums against those saved with them (checkpoints before checksums
-    existed have none)."""
-    saved = step_dir / "checksums" / "metadata"
-    if saved.is_file():
-        bad = mismatches(json.loads(saved.read_text()), host_checksums(params, "params/"))
-        if bad:
-            raise ValueError(mismatch_message(f"checkpoint {step_dir}", bad))
+    params = restored["params"]
+    if sums is not None and (bad := mismatches(sums, host_checksums(params, "params/"))):
+        raise ValueError(mismatch_message(f"checkpoint {directory / str(step)}", bad))
+    return params, step
 
 
 def workdir_config(workdir: str | AnyPath) -> tuple[GPTConfig, dict[str, Any]]:

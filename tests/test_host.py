@@ -172,7 +172,9 @@ def test_configure_after_jax_started_does_nothing(monkeypatch):
         (["python", "-X", "importtime", "-m", "jaxgpt.serve"], {}, "glibc 2.35", True),
         (["python", "-m", "jaxgpt.lm_eval_model", "--tasks", "t"], {}, "glibc 2.36", True),
         (["/v/bin/python", "/v/bin/jaxgpt-lm-eval", "--model", "jaxgpt"], {}, "glibc 2.36", True),
+        (["python", "-X", "importtime", "/v/bin/jaxgpt-lm-eval"], {}, "glibc 2.36", True),
         (["python", "-c", "print()", "/v/bin/jaxgpt-lm-eval"], {}, "glibc 2.36", False),
+        (["python", "/v/bin/jaxgpt-lm-eval", "-m", "x"], {}, "glibc 2.36", True),  # its own -m
         (["python", "-m", "jaxgpt.prepare"], {}, "glibc 2.36", False),  # runs no steps
         (["python", "/v/bin/jaxgpt-prepare"], {}, "glibc 2.36", False),
         (["python", "-m", "pytest", "tests"], {}, "glibc 2.36", False),  # a library import
